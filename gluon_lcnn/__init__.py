@@ -1,0 +1,4 @@
+"""gluon-lcnn: lookup-based convolutional networks (LCNN) for MXNet/Gluon."""
+__version__ = '0.1.0'
+
+from . import nn

@@ -1,0 +1,3 @@
+"""Gluon blocks: trainable lookup layers (lookup.py) and sparse inference blocks (sparse.py)."""
+from .lookup import (LookupConv2D, LookupDense, lookup_layers, density_report,
+                     lookup_threshold)
