@@ -1,0 +1,155 @@
+"""Layer factory and density helpers shared by every model family.
+
+One constructor builds both the dense network and its LCNN twin: a dictionary size of ``None``
+gives ``gluon.nn.Conv2D`` / ``gluon.nn.Dense``, an int gives ``LookupConv2D`` / ``LookupDense``
+with the same geometry. ``initial_sparsity`` and ``l1_lambda`` travel in ``lookup_kwargs``.
+"""
+import math
+from collections import OrderedDict
+
+import mxnet as mx
+import numpy as np
+from mxnet.gluon import nn
+
+from ..nn.lookup import LookupConv2D, LookupDense, lookup_layers
+
+__all__ = ['conv2d', 'dense', 'conv_bn_relu', 'split_lookup_kwargs', 'sizes_tuple',
+           'set_lookup_density', 'PUBLISHED_DENSITIES']
+
+_LOOKUP_KEYS = ('initial_sparsity', 'l1_lambda')
+
+# Fraction of non-zero lookup entries per lookup layer reported for the published AlexNet
+# models (DESIGN.md: conv1..conv5, fc6, fc7). Used by `set_lookup_density(net, 'published')`,
+# `flops --density published` and the model benchmarks.
+PUBLISHED_DENSITIES = {
+    'alexnet_lcnn_fast': (0.083, 0.034, 0.008, 0.013, 0.027, 0.001, 0.002),
+    'alexnet_lcnn_accurate': (0.129, 0.040, 0.029, 0.034, 0.071, 0.006, 0.007),
+}
+
+
+def split_lookup_kwargs(kwargs):
+    """Pop the lookup-layer options (initial_sparsity, l1_lambda) out of a constructor's kwargs."""
+    return {k: kwargs.pop(k) for k in _LOOKUP_KEYS if k in kwargs}
+
+
+def sizes_tuple(dictionary_sizes, count, family):
+    """Validate per-layer dictionary sizes: None (all dense) or a sequence of `count` entries."""
+    if dictionary_sizes is None:
+        return (None,) * count
+    if isinstance(dictionary_sizes, (int, np.integer)):
+        raise ValueError('%s: dictionary_sizes must be a sequence of %d entries (int or None), '
+                         'got the single int %r' % (family, count, dictionary_sizes))
+    sizes = tuple(None if s is None else int(s) for s in dictionary_sizes)
+    if len(sizes) != count:
+        raise ValueError('%s: dictionary_sizes needs %d entries (int or None), got %d: %r'
+                         % (family, count, len(sizes), dictionary_sizes))
+    for s in sizes:
+        if s is not None and s < 1:
+            raise ValueError('%s: dictionary sizes must be positive, got %r' % (family, sizes))
+    return sizes
+
+
+def conv2d(channels, kernel_size, strides=1, padding=0, dictionary_size=None, groups=1,
+           use_bias=True, in_channels=0, activation=None, lookup_kwargs=None, **kwargs):
+    """Conv2D when `dictionary_size` is None, otherwise a LookupConv2D of the same geometry.
+
+    Grouped convolutions have no lookup form here and must get ``dictionary_size=None``.
+    """
+    if dictionary_size is None:
+        return nn.Conv2D(channels, kernel_size, strides=strides, padding=padding, groups=groups,
+                         use_bias=use_bias, in_channels=in_channels, activation=activation,
+                         **kwargs)
+    if groups != 1:
+        raise ValueError('conv2d: a lookup convolution cannot be grouped (groups=%d); give this '
+                         'layer dictionary_size=None' % groups)
+    return LookupConv2D(channels, kernel_size, strides=strides, padding=padding,
+                        dictionary_size=dictionary_size, in_channels=in_channels,
+                        use_bias=use_bias, activation=activation, **(lookup_kwargs or {}),
+                        **kwargs)
+
+
+def dense(units, dictionary_size=None, use_bias=True, in_units=0, activation=None,
+          lookup_kwargs=None, **kwargs):
+    """Dense when `dictionary_size` is None, otherwise a LookupDense of the same geometry."""
+    if dictionary_size is None:
+        return nn.Dense(units, use_bias=use_bias, in_units=in_units, activation=activation,
+                        **kwargs)
+    return LookupDense(units, dictionary_size=dictionary_size, in_units=in_units,
+                       use_bias=use_bias, activation=activation, **(lookup_kwargs or {}), **kwargs)
+
+
+def conv_bn_relu(seq, channels, kernel_size, strides=1, padding=0, dictionary_size=None,
+                 groups=1, lookup_kwargs=None, relu=True):
+    """Append conv (no bias: BN follows, so deploy can fold it) + BatchNorm (+ ReLU) to `seq`."""
+    seq.add(conv2d(channels, kernel_size, strides, padding, dictionary_size, groups=groups,
+                   use_bias=False, lookup_kwargs=lookup_kwargs))
+    seq.add(nn.BatchNorm())
+    if relu:
+        seq.add(nn.Activation('relu'))
+    return seq
+
+
+def set_lookup_density(net, densities, seed=0):
+    """Sparsify every lookup layer's P to a given fraction of non-zeros (random survivors).
+
+    For benchmarks and MAC counts of models nobody has trained here: surviving entries keep
+    their sign and at least twice the layer's threshold, all others become exactly zero, so
+    ``layer.density()`` reports the requested value (up to rounding to whole entries).
+
+    Parameters
+    ----------
+    net : Block
+        An initialized network containing LookupConv2D / LookupDense layers.
+    densities : sequence of float, dict, float or str
+        A sequence gives one density per lookup layer in registration order (the order of
+        ``gluon_lcnn.nn.lookup_layers(net)``); a dict maps layer names to densities (others
+        untouched); a float applies to every layer; a string names a preset in
+        ``PUBLISHED_DENSITIES`` (e.g. ``'alexnet_lcnn_fast'``).
+    seed : int
+        Seed of the numpy generator that picks the survivors.
+
+    Returns
+    -------
+    OrderedDict
+        layer name -> density now in effect.
+    """
+    layers = lookup_layers(net)
+    if not layers:
+        raise ValueError('set_lookup_density: %s has no lookup layers' % type(net).__name__)
+    if isinstance(densities, str):
+        if densities not in PUBLISHED_DENSITIES:
+            raise ValueError('set_lookup_density: no published densities for %r; known: %s'
+                             % (densities, sorted(PUBLISHED_DENSITIES)))
+        densities = PUBLISHED_DENSITIES[densities]
+    if isinstance(densities, (int, float)):
+        targets = OrderedDict((name, float(densities)) for name in layers)
+    elif isinstance(densities, dict):
+        unknown = sorted(set(densities) - set(layers))
+        if unknown:
+            raise ValueError('set_lookup_density: %s are not lookup layers of this net (it has %s)'
+                             % (unknown, list(layers)))
+        targets = OrderedDict((k, float(v)) for k, v in densities.items())
+    else:
+        densities = list(densities)
+        if len(densities) != len(layers):
+            raise ValueError('set_lookup_density: got %d densities for %d lookup layers (%s)'
+                             % (len(densities), len(layers), list(layers)))
+        targets = OrderedDict(zip(layers, (float(d) for d in densities)))
+    rng = np.random.RandomState(seed)
+    result = OrderedDict()
+    for name, density in targets.items():
+        if not 0.0 <= density <= 1.0:
+            raise ValueError('set_lookup_density: density for %s must be in [0, 1], got %r'
+                             % (name, density))
+        layer = layers[name]
+        p = layer.lookup.data().asnumpy()
+        keep = int(round(density * p.size))
+        flat = p.reshape(-1)
+        alive = np.zeros(p.size, dtype=bool)
+        alive[rng.choice(p.size, keep, replace=False)] = True
+        sign = np.where(flat >= 0, 1.0, -1.0)
+        floor = 2.0 * layer.threshold if layer.threshold > 0 else 1e-3
+        values = np.where(alive, sign * np.maximum(np.abs(flat), floor), 0.0)
+        layer.lookup.set_data(mx.nd.array(values.reshape(p.shape), dtype=p.dtype))
+        result[name] = keep / float(p.size)
+    return result
