@@ -3,6 +3,7 @@
 Gluon's FashionMNIST verifies upstream SHA-1 hashes and downloads on a mismatch; Debian ships the
 same images recompressed, so the hashes differ and there is no network. This subclass keeps
 Gluon's parsing and only drops the hash check for files that are already present.
+FashionMNISTBatches serves one Horovod worker's share of a split as training/evaluation batches.
 """
 import os
 
@@ -44,3 +45,87 @@ def load_fashion_mnist(train=True, root=FASHION_MNIST_ROOT, normalize=True):
     if normalize:
         x = (x - MEAN) / STD
     return x, ds._label.astype(np.int32)
+
+
+class FashionMNISTBatches:
+    """Batches of one worker's share of Fashion-MNIST, as ``(data, label, num_valid)``.
+
+    Training (``train=True``): every epoch all workers draw the same permutation (seeded by
+    ``seed + epoch``) and worker ``rank`` takes every ``num_parts``-th index; incomplete batches
+    are dropped so all workers run the same number of steps (Horovod needs that). Evaluation:
+    fixed order, worker ``rank`` takes a contiguous slice, the last batch may be short, so the
+    shards together cover the split exactly once.
+
+    Parameters
+    ----------
+    root : str
+        Folder with the four idx .gz files.
+    train : bool
+        Which split to read, and the training/evaluation behaviour above.
+    batch_size : int
+        Per-worker batch size.
+    num_parts, part_index : int
+        Number of workers and this worker's rank.
+    limit : int
+        Use only the first ``limit`` images (0: all); for quick runs.
+    mirror : bool
+        Random horizontal flips (training only).
+    """
+
+    def __init__(self, root=FASHION_MNIST_ROOT, train=True, batch_size=128, num_parts=1,
+                 part_index=0, seed=0, limit=0, mirror=False, ctx=None, dtype='float32'):
+        import mxnet as mx
+        if batch_size < 1:
+            raise ValueError('FashionMNISTBatches: batch_size must be >= 1, got %r' % batch_size)
+        if not 0 <= part_index < num_parts:
+            raise ValueError('FashionMNISTBatches: part_index %r not in [0, num_parts=%r)'
+                             % (part_index, num_parts))
+        images, labels = load_fashion_mnist(train=train, root=root)
+        if limit:
+            images, labels = images[:limit], labels[:limit]
+        self.train = bool(train)
+        self.batch_size = int(batch_size)
+        self.num_parts, self.part_index = int(num_parts), int(part_index)
+        self.seed, self.mirror = int(seed), bool(mirror)
+        self.ctx = ctx or mx.cpu()
+        self.dtype = dtype
+        self.epoch = 0
+        self._images, self._labels = images, labels
+        self.num_examples = len(labels)
+        if self.train and self.num_examples < self.batch_size * self.num_parts:
+            raise ValueError('FashionMNISTBatches: %d training images are fewer than one batch '
+                             'per worker (%d x %d)' % (self.num_examples, self.batch_size,
+                                                       self.num_parts))
+
+    def set_epoch(self, epoch):
+        """Choose the shuffle of ``epoch`` (same on every worker)."""
+        self.epoch = int(epoch)
+
+    def _indices(self):
+        n = self.num_examples
+        if self.train:
+            order = np.random.RandomState(self.seed + self.epoch).permutation(n)
+            return order[self.part_index::self.num_parts][:len(self) * self.batch_size]
+        bounds = np.linspace(0, n, self.num_parts + 1).astype(int)
+        return np.arange(bounds[self.part_index], bounds[self.part_index + 1])
+
+    def __len__(self):
+        if self.train:
+            return self.num_examples // (self.batch_size * self.num_parts)
+        bounds = np.linspace(0, self.num_examples, self.num_parts + 1).astype(int)
+        share = bounds[self.part_index + 1] - bounds[self.part_index]
+        return -(-share // self.batch_size)
+
+    def __iter__(self):
+        import mxnet as mx
+        indices = self._indices()
+        rng = np.random.RandomState(self.seed * 7919 + self.epoch * 31 + self.part_index)
+        for start in range(0, len(indices), self.batch_size):
+            take = indices[start:start + self.batch_size]
+            data = self._images[take]
+            if self.train and self.mirror:
+                flip = rng.rand(len(take)) < 0.5
+                data = data.copy()
+                data[flip] = data[flip, :, :, ::-1]
+            yield (mx.nd.array(data, ctx=self.ctx, dtype=self.dtype),
+                   mx.nd.array(self._labels[take], ctx=self.ctx, dtype='float32'), len(take))
