@@ -57,3 +57,406 @@ def time_block(block, x, repeat=30, warmup=5, max_seconds=None, hybridize=True):
         with mx.autograd.predict_mode():
             _wait(block(x))
     return time_call(once, repeat=repeat, warmup=warmup, max_seconds=max_seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# Layer level: one lookup layer shape, dense MKLDNN conv vs the LCNN path.
+
+def random_lookup(shape, density, rng):
+    """Random lookup tensor with exactly round(density * size) non-zeros (at least one)."""
+    size = int(np.prod(shape))
+    keep = max(1, int(round(density * size)))
+    flat = np.zeros(size, dtype=np.float32)
+    idx = rng.choice(size, keep, replace=False)
+    flat[idx] = rng.uniform(0.5, 1.5, keep) * rng.choice([-1.0, 1.0], keep)
+    return flat.reshape(shape) / np.sqrt(np.prod(shape[1:]) * max(density, 1e-3))
+
+
+def compare_layer(in_channels, channels, kernel, dictionary_size, density, in_size=None,
+                  strides=1, padding=0, batch=1, seed=0, repeat=30, warmup=5, max_seconds=2.0,
+                  ctx=None):
+    """Time one layer shape three ways in this process, on the same input.
+
+    ``in_size`` None means a fully connected layer (Dense vs SparseLookupDense); otherwise
+    (H, W) of a convolution's input (Conv2D vs SparseLookupConv2D).
+
+    Returns an OrderedDict with the geometry, ``dense_ms`` (MKLDNN Conv2D / Dense with bias),
+    ``lcnn_ms`` (dictionary + sparse op with bias), ``lookup_ms`` (the sparse op alone on the
+    dictionary output), ``mac_ratio`` (dense MACs / LCNN MACs), ``speedup`` (dense_ms / lcnn_ms)
+    and ``lookup_gflops`` (2 * nnz * output positions / lookup time: useful work only).
+    """
+    from mxnet.gluon import nn
+    from .nn import sparse
+    ctx = ctx or mx.cpu()
+    rng = np.random.RandomState(seed)
+    conv = in_size is not None
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    sh, sw = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    ph, pw = (padding, padding) if isinstance(padding, int) else tuple(padding)
+    if conv:
+        h, w = in_size
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        lookup = random_lookup((channels, dictionary_size, kh, kw), density, rng)
+        x_shape, s_shape = (batch, in_channels, h, w), (batch, dictionary_size, h, w)
+    else:
+        h = w = ho = wo = 1
+        lookup = random_lookup((channels, dictionary_size), density, rng)
+        x_shape, s_shape = (batch, in_channels), (batch, dictionary_size)
+    dictionary = rng.normal(0, 1.0 / np.sqrt(in_channels),
+                            (dictionary_size, in_channels) + ((1, 1) if conv else ()))
+    dictionary = mx.nd.array(dictionary.astype(np.float32), ctx=ctx)
+    p = mx.nd.array(lookup, ctx=ctx)
+    bias = mx.nd.array(rng.normal(0, 0.1, channels).astype(np.float32), ctx=ctx)
+    if conv:
+        dense = nn.Conv2D(channels, (kh, kw), strides=(sh, sw), padding=(ph, pw),
+                          in_channels=in_channels)
+        lcnn = sparse.SparseLookupConv2D(p, bias=bias, dictionary=dictionary, strides=(sh, sw),
+                                         padding=(ph, pw))
+        stage = sparse.SparseLookupConv2D(p, bias=bias, strides=(sh, sw), padding=(ph, pw))
+    else:
+        dense = nn.Dense(channels, in_units=in_channels)
+        lcnn = sparse.SparseLookupDense(p, bias=bias, dictionary=dictionary)
+        stage = sparse.SparseLookupDense(p, bias=bias)
+    dense.initialize(mx.init.Xavier(), ctx=ctx)
+    from .deploy import _initialize_missing
+    _initialize_missing(lcnn, ctx)
+    _initialize_missing(stage, ctx)
+    x = mx.nd.array(rng.normal(0, 1, x_shape).astype(np.float32), ctx=ctx)
+    s = mx.nd.array(rng.normal(0, 1, s_shape).astype(np.float32), ctx=ctx)
+    kw_t = dict(repeat=repeat, warmup=warmup, max_seconds=max_seconds)
+    dense_s = time_block(dense, x, **kw_t)
+    lcnn_s = time_block(lcnn, x, **kw_t)
+    lookup_s = time_block(stage, s, **kw_t)
+    nnz = int(np.count_nonzero(lookup))
+    dense_macs = channels * in_channels * kh * kw * ho * wo
+    lcnn_macs = dictionary_size * in_channels * h * w + nnz * ho * wo
+    return OrderedDict([
+        ('in_channels', in_channels), ('channels', channels), ('kernel', '%dx%d' % (kh, kw)),
+        ('stride', sh), ('in_size', '%dx%d' % (h, w) if conv else 'fc'), ('out_size',
+                                                                           '%dx%d' % (ho, wo)),
+        ('dictionary', dictionary_size), ('density', nnz / float(lookup.size)), ('batch', batch),
+        ('dense_ms', dense_s * 1e3), ('lcnn_ms', lcnn_s * 1e3), ('lookup_ms', lookup_s * 1e3),
+        ('mac_ratio', dense_macs / float(lcnn_macs)), ('speedup', dense_s / lcnn_s),
+        ('lookup_gflops', 2.0 * nnz * ho * wo * batch / lookup_s / 1e9),
+    ])
+
+
+def layer_shapes(name, size=224, **kwargs):
+    """Geometry of every lookup layer of zoo model ``name`` at input (1, 3, size, size).
+
+    Returns a list of dicts (name, in_channels, channels, kernel, strides, padding, in_size,
+    dictionary_size); ``in_size`` is None for LookupDense layers.
+    """
+    from .model_zoo import get_model
+    from .nn.lookup import LookupConv2D, lookup_layers
+    net = get_model(name, **kwargs)
+    net.initialize()
+    layers = lookup_layers(net)
+    seen = {}
+    handles = [layer.register_forward_pre_hook(
+        lambda b, inputs: seen.setdefault(b.name, inputs[0].shape)) for layer in layers.values()]
+    net(mx.nd.zeros((1, 3, size, size)))
+    for h in handles:
+        h.detach()
+    rows = []
+    for lname, layer in layers.items():
+        shape = seen[lname]
+        conv = isinstance(layer, LookupConv2D)
+        rows.append(dict(name=lname, in_channels=int(shape[1]) if conv else int(np.prod(shape[1:])),
+                         channels=layer.channels if conv else layer.units,
+                         kernel=layer.kernel_size if conv else 1,
+                         strides=layer.strides if conv else 1,
+                         padding=layer.padding if conv else 0,
+                         in_size=tuple(shape[2:]) if conv else None,
+                         dictionary_size=layer.dictionary_size))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Model level: LCNN net vs its dense twin, both through to_inference (BN folded, ReLU fused).
+
+def randomize_batchnorm(net, seed=0):
+    """Give every BatchNorm non-trivial running stats, gamma and beta (so folding is tested)."""
+    rng = np.random.RandomState(seed)
+    for name, p in net.collect_params().items():
+        if p.shape is None or p._data is None:
+            continue
+        if name.endswith('running_var'):
+            value = rng.uniform(0.5, 2.0, p.shape)
+        elif name.endswith(('running_mean', 'beta')):
+            value = rng.normal(0, 0.5, p.shape)
+        elif name.endswith('gamma'):
+            value = rng.uniform(0.5, 1.5, p.shape)
+        else:
+            continue
+        p.set_data(mx.nd.array(value.astype(np.float32)))
+
+
+def dense_twin_name(name):
+    """The dense zoo model of an LCNN model's family: 'alexnet_lcnn_fast' -> 'alexnet'."""
+    from .model_zoo import list_models
+    names = list_models()
+    key = name.lower()
+    if 'lcnn' not in key:
+        raise ValueError('dense_twin_name: %r is not an LCNN model (no "lcnn" in the name)' % name)
+    base = key.split('_lcnn')[0]
+    for candidate in (base, base + '_v1'):
+        if candidate in names:
+            return candidate
+    raise ValueError('dense_twin_name: no dense model %r for %r in the zoo (%s)'
+                     % (base, name, ', '.join(names)))
+
+
+def build_inference(name, input_shape, density=None, seed=0, choose='auto', ctx=None,
+                    **model_kwargs):
+    """A zoo model with random weights (and densities) -> ``to_inference`` -> hybridized block.
+
+    density: None leaves P as initialised; 'published' uses the published per-layer densities
+    of ``name``; a float or a sequence is passed to ``set_lookup_density``.
+    Returns (inference block, training net).
+    """
+    from .deploy import to_inference
+    from .model_zoo import get_model, set_lookup_density
+    ctx = ctx or mx.cpu()
+    mx.random.seed(seed)
+    net = get_model(name, **model_kwargs)
+    net.initialize(mx.init.Xavier(), ctx=ctx)
+    net(mx.nd.zeros(input_shape, ctx=ctx))
+    randomize_batchnorm(net, seed)
+    if density is not None:
+        set_lookup_density(net, name if density == 'published' else density, seed=seed)
+    inf = to_inference(net, input_shape=input_shape, choose=choose, ctx=ctx)
+    inf.hybridize(static_alloc=True, static_shape=True)
+    return inf, net
+
+
+def total_macs(net, input_shape):
+    """Multiply-adds of one forward pass of ``net`` on ``input_shape``, per flops.profile."""
+    from . import flops
+    return float(flops.profile(net, input_shape).totals['macs'])
+
+
+def compare_models(name, batches=(1, 32), density='published', size=224, seed=0, repeat=20,
+                   warmup=3, max_seconds=10.0, breakdown=False):
+    """Latency / throughput of zoo model ``name`` and its dense twin, measured in this process.
+
+    Returns a list of OrderedDict rows, one per batch size, with ``dense_ms``, ``lcnn_ms``,
+    ``speedup`` (dense / LCNN), images/s of both, ``mac_ratio`` (theoretical, from flops) and
+    the kernel each lookup layer got; with ``breakdown`` also per-layer times of both nets.
+    """
+    twin = dense_twin_name(name)
+    rows = []
+    for batch in batches:
+        shape = (batch, 3, size, size)
+        lcnn, lcnn_train = build_inference(name, shape, density=density, seed=seed)
+        dense, dense_train = build_inference(twin, shape, seed=seed)
+        x = mx.nd.array(np.random.RandomState(seed).uniform(-1, 1, shape).astype(np.float32))
+        kw = dict(repeat=repeat, warmup=warmup, max_seconds=max_seconds)
+        dense_s = time_block(dense, x, **kw)
+        lcnn_s = time_block(lcnn, x, **kw)
+        one = (1, 3, size, size)
+        lcnn_macs, dense_macs = total_macs(lcnn_train, one), total_macs(dense_train, one)
+        row = OrderedDict([
+            ('model', name), ('dense_twin', twin), ('threads', _threads()), ('batch', batch),
+            ('input', '%dx%d' % (size, size)), ('density', str(density)),
+            ('dense_ms', dense_s * 1e3), ('lcnn_ms', lcnn_s * 1e3),
+            ('speedup', dense_s / lcnn_s),
+            ('mac_ratio', dense_macs / lcnn_macs if lcnn_macs and dense_macs else None),
+            ('dense_img_s', batch / dense_s), ('lcnn_img_s', batch / lcnn_s),
+            ('kernels', OrderedDict((k, v['choice']) for k, v in lcnn.kernel_choices.items())),
+        ])
+        if breakdown:
+            row['lcnn_layers'] = layer_breakdown(lcnn, shape, **kw)
+            row['dense_layers'] = layer_breakdown(dense, shape, **kw)
+        rows.append(row)
+    return rows
+
+
+def _threads():
+    return os.environ.get('OMP_NUM_THREADS', 'default')
+
+
+def _leaves(block):
+    """Blocks timed one by one in a breakdown: inference layers and child-less blocks."""
+    from mxnet.gluon import nn
+    from .nn import sparse
+    kinds = (nn.Conv2D, nn.Dense, sparse.SparseLookupConv2D, sparse.SparseLookupDense)
+    if isinstance(block, kinds) or not block._children:
+        return [block]
+    return [leaf for child in block._children.values() for leaf in _leaves(child)]
+
+
+def layer_breakdown(net, input_shape, repeat=20, warmup=3, max_seconds=2.0):
+    """Per-layer median times of an inference net: each leaf block alone on its real input.
+
+    Returns a list of OrderedDicts (layer, type, input shape, ms); the elementwise work between
+    leaves (e.g. residual additions) is not included, so the sum is a little below the total.
+    """
+    leaves = _leaves(net)
+    shapes = {}
+    # Hooks only fire imperatively: run a fresh, non-hybridized pass.
+    net.hybridize(False)
+    handles = [leaf.register_forward_pre_hook(
+        lambda b, inputs: shapes.setdefault(id(b), tuple(inputs[0].shape))) for leaf in leaves]
+    try:
+        with mx.autograd.predict_mode():
+            net(mx.nd.zeros(input_shape))
+        mx.nd.waitall()
+    finally:
+        for h in handles:
+            h.detach()
+    rows = []
+    for leaf in leaves:
+        shape = shapes.get(id(leaf))
+        if shape is None:
+            continue
+        x = mx.nd.random.uniform(-1, 1, shape=shape)
+        seconds = time_block(leaf, x, repeat=repeat, warmup=warmup, max_seconds=max_seconds)
+        leaf.hybridize(False)
+        rows.append(OrderedDict([('layer', leaf.name), ('type', type(leaf).__name__),
+                                 ('input', 'x'.join(map(str, shape))), ('ms', seconds * 1e3)]))
+    net.hybridize(static_alloc=True, static_shape=True)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# Output and the CLI (`python -m gluon_lcnn benchmark ...`, benchmarks/bench_models.py).
+
+def _fmt(value):
+    if isinstance(value, float):
+        return '%.3g' % value if abs(value) < 100 else '%.0f' % value
+    if value is None:
+        return '-'
+    return str(value)
+
+
+def markdown_table(rows, columns):
+    """A markdown table of ``rows`` (dicts); columns are (key, header) pairs."""
+    lines = ['| ' + ' | '.join(h for _, h in columns) + ' |',
+             '|' + '|'.join('---' for _ in columns) + '|']
+    for row in rows:
+        lines.append('| ' + ' | '.join(_fmt(row.get(k)) for k, _ in columns) + ' |')
+    return '\n'.join(lines)
+
+
+MODEL_COLUMNS = [('model', 'model'), ('threads', 'threads'), ('batch', 'batch'),
+                 ('dense_twin', 'dense twin'), ('dense_ms', 'dense ms'), ('lcnn_ms', 'LCNN ms'),
+                 ('speedup', 'measured speedup'), ('mac_ratio', 'MAC ratio'),
+                 ('dense_img_s', 'dense img/s'), ('lcnn_img_s', 'LCNN img/s')]
+BREAKDOWN_COLUMNS = [('layer', 'layer'), ('type', 'type'), ('input', 'input'), ('ms', 'ms')]
+
+
+def _parse_density(text):
+    if text in (None, 'none', 'init'):
+        return None
+    if text == 'published':
+        return 'published'
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("--density must be 'published', 'init' or a float, got %r" % text)
+
+
+def add_arguments(parser):
+    """Options of `python -m gluon_lcnn benchmark` and benchmarks/bench_models.py."""
+    parser.add_argument('--model', nargs='+', required=True,
+                        help='LCNN zoo model(s), e.g. alexnet_lcnn_fast; each is compared with '
+                             'its dense twin (same family without _lcnn_*) in the same process')
+    parser.add_argument('--density', default='published',
+                        help="lookup densities: 'published' (DESIGN.md per-layer values, random "
+                             "P), a float for every layer, or 'init' (as initialised)")
+    parser.add_argument('--batch', type=int, nargs='+', default=[1, 32],
+                        help='batch sizes (1 = latency, larger = throughput)')
+    parser.add_argument('--threads', nargs='+', default=['1', 'all'],
+                        help="thread settings, each run in its own subprocess with "
+                             "OMP_NUM_THREADS set; 'all' = every core")
+    parser.add_argument('--size', type=int, default=224, help='input height and width')
+    parser.add_argument('--repeat', type=int, default=20, help='timed runs per measurement')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--breakdown', action='store_true',
+                        help='also time every layer of both nets alone (where the time goes)')
+    parser.add_argument('--json', default=None, help='write all rows to this JSON file')
+    parser.add_argument('--markdown', default=None, help='write the tables to this file')
+    return parser
+
+
+def _thread_count(setting):
+    if setting == 'all':
+        return os.cpu_count() or 1
+    n = int(setting)
+    if n < 1:
+        raise ValueError('--threads: expected a positive int or "all", got %r' % setting)
+    return n
+
+
+def run_in_subprocess(job, threads):
+    """Run ``_worker(job)`` in a fresh Python with ``threads`` OpenMP threads; its JSON result."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, '-m', 'gluon_lcnn.benchmark', '--worker',
+                           json.dumps(job)], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True)
+    if proc.returncode != 0:
+        raise RuntimeError('benchmark worker (OMP_NUM_THREADS=%d) failed:\n%s'
+                           % (threads, proc.stderr[-4000:]))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _worker(job):
+    if job['kind'] == 'models':
+        rows = []
+        for name in job['models']:
+            rows.extend(compare_models(name, batches=job['batches'], density=job['density'],
+                                       size=job['size'], seed=job['seed'], repeat=job['repeat'],
+                                       breakdown=job['breakdown']))
+        return rows
+    raise ValueError('unknown benchmark job %r' % job['kind'])
+
+
+def render_models(rows):
+    """Markdown: the model table, then per-layer breakdowns where measured."""
+    out = [markdown_table(rows, MODEL_COLUMNS)]
+    for row in rows:
+        out.append('\nkernels of %s: %s' % (row['model'], ', '.join(
+            '%s=%s' % (k, v) for k, v in row['kernels'].items())))
+        if 'lcnn_layers' in row:
+            for key, label in (('lcnn_layers', row['model']), ('dense_layers', row['dense_twin'])):
+                total = sum(r['ms'] for r in row[key])
+                out.append('\n%s, %s threads, batch %d: per layer (sum %.3g ms)\n'
+                           % (label, row['threads'], row['batch'], total))
+                out.append(markdown_table(row[key], BREAKDOWN_COLUMNS))
+    return '\n'.join(out)
+
+
+def run(args):
+    """Entry of `python -m gluon_lcnn benchmark`: print the markdown tables, return the rows."""
+    density = _parse_density(args.density)
+    from .model_zoo import list_models
+    for name in args.model:
+        if name.lower() not in list_models():
+            raise ValueError('unknown model %r; LCNN models: %s' % (
+                name, ', '.join(n for n in list_models() if 'lcnn' in n)))
+        dense_twin_name(name)
+    job = dict(kind='models', models=args.model, batches=args.batch, density=density,
+               size=args.size, seed=args.seed, repeat=args.repeat, breakdown=args.breakdown)
+    rows = []
+    for setting in args.threads:
+        threads = _thread_count(setting)
+        rows.extend(run_in_subprocess(job, threads))
+    text = render_models(rows)
+    print(text)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, 'w') as f:
+            f.write(text + '\n')
+    return rows
+
+
+if __name__ == '__main__':
+    if len(sys.argv) == 3 and sys.argv[1] == '--worker':
+        print(json.dumps(_worker(json.loads(sys.argv[2]))))
+    else:
+        import argparse
+        run(add_arguments(argparse.ArgumentParser(
+            description='LCNN vs dense twin benchmark')).parse_args())

@@ -106,7 +106,8 @@ class _Layer:
         d = self.dictionary.reshape(self.dictionary.shape[0], -1)
         if self.kind == 'dense':
             return self.lookup @ d
-        return np.einsum('rqij,qc->rcij', self.lookup, d)
+        # (m, kh, kw, d) @ (d, c) -> (m, c, kh, kw); a BLAS product (einsum would loop in numpy).
+        return np.ascontiguousarray((self.lookup.transpose(0, 2, 3, 1) @ d).transpose(0, 3, 1, 2))
 
     def _f32(self, a):
         return None if a is None else mx.nd.array(a.astype(np.float32), ctx=self.ctx)
@@ -146,11 +147,19 @@ class _Layer:
                 self._f32(self.lookup), bias=self._f32(self.bias),
                 dictionary=self._f32(self.dictionary), relu=relu, flatten=self.flatten,
                 prefix=self.prefix)
+        _initialize_missing(block, ctx)
         if self.act is None or relu:
             return block
         seq = nn.HybridSequential(prefix=self.prefix + 'act_')
         seq.add(block, nn.Activation(self.act))
         return seq
+
+
+def _initialize_missing(block, ctx):
+    """Initialize parameters (the sparse blocks' constants) that have no data yet."""
+    for p in block.collect_params().values():
+        if p._data is None:
+            p.initialize(ctx=ctx)
 
 
 def fold_batchnorm_params(bn):
