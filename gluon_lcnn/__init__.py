@@ -4,3 +4,4 @@ __version__ = '0.1.0'
 from . import nn
 from . import deploy
 from .model_zoo import get_model, list_models
+from . import ops  # builds (if needed) and loads the C++ sparse-lookup operator library

@@ -1,0 +1,288 @@
+"""Inference blocks that run an LCNN layer through the C++ sparse-lookup operator.
+
+A trained lookup layer is y = P * (D x) + b with a sparse P. These blocks take the (already
+thresholded) lookup tensor, pack it once into compressed rows (``pack_lookup``) held as constant
+parameters, and compute
+
+    S = D x            (F.Convolution 1x1 / F.FullyConnected, dense, skipped if D is None)
+    y = lookup(S) + b  (F.lcnn_sparse_conv / F.lcnn_sparse_dense, optional fused ReLU)
+
+Everything lives in constants (grad_req 'null'), so ``hybridize()``, ``export()``,
+``SymbolBlock.imports`` and the Module API work after ``import gluon_lcnn``. Inference only:
+the operators have no backward. With ``dictionary=None`` the input is S itself, which runs
+magnitude-pruned sparse CNNs (D = identity) through the same operator.
+"""
+from collections import namedtuple
+
+import mxnet as mx
+import numpy as np
+from mxnet.gluon import HybridBlock
+
+from .. import ops  # noqa: F401  (importing it loads the operator library)
+
+__all__ = ['pack_lookup', 'PackedLookup', 'SparseLookupConv2D', 'SparseLookupDense']
+
+PackedLookup = namedtuple('PackedLookup', ['indptr', 'dict_index', 'kernel_offset', 'value',
+                                           'shape', 'nnz'])
+PackedLookup.__doc__ = """A lookup tensor P (m, d[, kh, kw]) as compressed rows per output unit.
+
+indptr : int32 (m + 1,)      non-zeros of row r are entries indptr[r] .. indptr[r+1]-1
+dict_index : int32 (L,)      dictionary index q of each entry
+kernel_offset : int32 (L,)   i * kw + j of each entry (all 0 for a 2-D P)
+value : float32 (L,)         P[r, q, i, j]
+shape : tuple                shape of P
+nnz : int                    number of non-zeros; L = max(nnz, 1) because MXNet 1.x reads a 0
+                             in a shape as "unknown", so an all-zero P keeps one unused entry.
+"""
+
+
+def _to_numpy(value, name):
+    if value is None:
+        return None
+    if isinstance(value, mx.nd.NDArray):
+        value = value.asnumpy()
+    value = np.asarray(value)
+    if value.dtype.kind not in 'fiu':
+        raise ValueError('%s must be a numeric array, got dtype %s' % (name, value.dtype))
+    if not np.all(np.isfinite(value)):
+        raise ValueError('%s contains NaN or infinite values' % name)
+    return value.astype(np.float32)
+
+
+def pack_lookup(lookup):
+    """Pack a thresholded lookup tensor (zeros = absent entries) for the sparse operators.
+
+    Parameters
+    ----------
+    lookup : numpy.ndarray or NDArray
+        (m, d, kh, kw) for a convolution or (units, d) for a dense layer.
+
+    Returns
+    -------
+    PackedLookup
+        Entries of each row in (q, i, j) order, which is also the order the operator reads
+        its input planes in.
+    """
+    p = _to_numpy(lookup, 'lookup')
+    if p.ndim not in (2, 4) or min(p.shape) < 1:
+        raise ValueError('lookup must have shape (m, d, kh, kw) or (units, d) with every size '
+                         '>= 1, got %s' % (p.shape,))
+    m, d = p.shape[:2]
+    k = int(np.prod(p.shape[2:], dtype=np.int64))
+    if m >= 2 ** 31 - 1 or p.size // m >= 2 ** 31:
+        raise ValueError('lookup of shape %s is too large for int32 indices' % (p.shape,))
+    flat = p.reshape(m, d * k)
+    rows, cols = np.nonzero(flat)  # row-major: sorted by row, then (q, i, j)
+    nnz = int(rows.size)
+    if nnz >= 2 ** 31:
+        raise ValueError('lookup has %d non-zeros, more than int32 indices allow' % nnz)
+    indptr = np.zeros(m + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=m), out=indptr[1:])
+    dict_index = (cols // k).astype(np.int32)
+    kernel_offset = (cols % k).astype(np.int32)
+    value = flat[rows, cols].astype(np.float32)
+    if nnz == 0:
+        dict_index = np.zeros(1, np.int32)
+        kernel_offset = np.zeros(1, np.int32)
+        value = np.zeros(1, np.float32)
+    return PackedLookup(indptr, dict_index, kernel_offset, value, tuple(p.shape), nnz)
+
+
+def _pair(value, name):
+    if isinstance(value, (int, np.integer)):
+        value = (int(value), int(value))
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError('%s must be an int or a pair of ints, got %r' % (name, value))
+    return value
+
+
+class _SparseLookupBase(HybridBlock):
+    """Constants shared by both blocks: packed P, optional dictionary and bias."""
+
+    def _init_constants(self, packed, dictionary, bias, out_features):
+        self._packed_shape = packed.shape
+        self._nnz = packed.nnz
+        if bias is not None:
+            bias = _to_numpy(bias, 'bias')
+            if bias.shape != (out_features,):
+                raise ValueError('%s: bias must have shape (%d,), got %s'
+                                 % (type(self).__name__, out_features, bias.shape))
+        def const(name, arr):
+            # An explicit dtype keeps the int32 indices (nd.array alone would cast to float32).
+            return self.params.get_constant(name, mx.nd.array(arr, dtype=arr.dtype))
+        with self.name_scope():
+            self.indptr = const('indptr', packed.indptr)
+            self.dict_index = const('dict_index', packed.dict_index)
+            if packed.kernel_offset is not None:
+                self.kernel_offset = const('kernel_offset', packed.kernel_offset)
+            self.value = const('value', packed.value)
+            self.dictionary = (const('dictionary', dictionary)
+                               if dictionary is not None else None)
+            self.bias = const('bias', bias) if bias is not None else None
+
+    @property
+    def nnz(self):
+        """Number of non-zero lookup entries."""
+        return self._nnz
+
+    @property
+    def density(self):
+        """Fraction of non-zero lookup entries."""
+        return self._nnz / float(np.prod(self._packed_shape))
+
+    @property
+    def dictionary_size(self):
+        return self._packed_shape[1]
+
+    @property
+    def has_dictionary(self):
+        """False when the input is S itself (identity dictionary)."""
+        return self.dictionary is not None
+
+    def lookup_dense(self):
+        """The lookup tensor P as a dense numpy array (unpacked from the constants)."""
+        p = np.zeros((self._packed_shape[0], int(np.prod(self._packed_shape[1:]))), np.float32)
+        indptr = self.indptr.data().asnumpy()
+        rows = np.repeat(np.arange(p.shape[0]), np.diff(indptr))
+        k = int(np.prod(self._packed_shape[2:]))
+        cols = self.dict_index.data().asnumpy()[:self._nnz].astype(np.int64) * k
+        if k > 1:
+            cols += self.kernel_offset.data().asnumpy()[:self._nnz]
+        p[rows, cols] = self.value.data().asnumpy()[:self._nnz]
+        return p.reshape(self._packed_shape)
+
+
+class SparseLookupConv2D(_SparseLookupBase):
+    """Inference-only LCNN convolution: 1x1 dictionary conv, then the sparse lookup operator.
+
+    Parameters
+    ----------
+    lookup : numpy.ndarray or NDArray
+        (m, d, kh, kw), zeros for absent entries (already thresholded).
+    bias : array (m,) or None
+    dictionary : array (d, c, 1, 1) or (d, c), or None
+        None means identity: the input already is S (N, d, H, W), e.g. a magnitude-pruned
+        sparse CNN whose weight is passed as ``lookup``.
+    strides, padding : int or (int, int)
+    relu : bool
+        Fuse a ReLU after the bias.
+    prefix : str or None
+    """
+
+    def __init__(self, lookup, bias=None, dictionary=None, strides=1, padding=0, relu=False,
+                 prefix=None, params=None):
+        super().__init__(prefix=prefix, params=params)
+        packed = pack_lookup(lookup)
+        if len(packed.shape) != 4:
+            raise ValueError('SparseLookupConv2D: lookup must be 4-D (m, d, kh, kw), got %s'
+                             % (packed.shape,))
+        m, d, kh, kw = packed.shape
+        self._strides = _pair(strides, 'strides')
+        self._padding = _pair(padding, 'padding')
+        if min(self._strides) < 1 or min(self._padding) < 0:
+            raise ValueError('SparseLookupConv2D: strides must be >= 1 and padding >= 0, got '
+                             '%r, %r' % (strides, padding))
+        self._kernel = (kh, kw)
+        self._relu = bool(relu)
+        if dictionary is not None:
+            dictionary = _to_numpy(dictionary, 'dictionary')
+            if dictionary.ndim == 2:
+                dictionary = dictionary.reshape(dictionary.shape + (1, 1))
+            if dictionary.ndim != 4 or dictionary.shape[0] != d or dictionary.shape[2:] != (1, 1):
+                raise ValueError('SparseLookupConv2D: dictionary must have shape (%d, c, 1, 1) '
+                                 'for a lookup with d=%d, got %s' % (d, d, dictionary.shape))
+        self._in_channels = dictionary.shape[1] if dictionary is not None else d
+        self._init_constants(packed, dictionary, bias, m)
+
+    kernel_size = property(lambda self: self._kernel)
+    strides = property(lambda self: self._strides)
+    padding = property(lambda self: self._padding)
+    channels = property(lambda self: self._packed_shape[0])
+    in_channels = property(lambda self: self._in_channels)
+    relu = property(lambda self: self._relu)
+
+    def hybrid_forward(self, F, x, indptr, dict_index, kernel_offset, value, dictionary=None,
+                       bias=None):
+        d = self.dictionary_size
+        s = x if dictionary is None else F.Convolution(
+            x, dictionary, kernel=(1, 1), num_filter=d, no_bias=True, name='dict')
+        args = [s, indptr, dict_index, kernel_offset, value] + ([bias] if bias is not None else [])
+        return F.lcnn_sparse_conv(*args, num_filter=self.channels, dictionary_size=d,
+                                  kernel=self._kernel, stride=self._strides, pad=self._padding,
+                                  relu=self._relu, no_bias=bias is None, name='lookup')
+
+    def __repr__(self):
+        return ('{name}({cin} -> {m}, kernel_size={k}, stride={s}, padding={p}, '
+                'dictionary_size={d}{dict}, density={dens:.4f}{relu})').format(
+                    name=type(self).__name__, cin=self._in_channels, m=self.channels,
+                    k=self._kernel, s=self._strides, p=self._padding, d=self.dictionary_size,
+                    dict='' if self.has_dictionary else ' (identity)', dens=self.density,
+                    relu=', relu' if self._relu else '')
+
+
+class SparseLookupDense(_SparseLookupBase):
+    """Inference-only LCNN fully connected layer: dense dictionary, then the sparse lookup.
+
+    Parameters
+    ----------
+    lookup : numpy.ndarray or NDArray
+        (units, d), zeros for absent entries.
+    bias : array (units,) or None
+    dictionary : array (d, in_units) or None (identity: the input is S with d features)
+    relu : bool
+        Fuse a ReLU after the bias.
+    flatten : bool
+        Like ``gluon.nn.Dense``: True flattens all but the first axis, False maps the last axis.
+    prefix : str or None
+    """
+
+    def __init__(self, lookup, bias=None, dictionary=None, relu=False, flatten=True,
+                 prefix=None, params=None):
+        super().__init__(prefix=prefix, params=params)
+        packed = pack_lookup(lookup)
+        if len(packed.shape) != 2:
+            raise ValueError('SparseLookupDense: lookup must be 2-D (units, d), got %s'
+                             % (packed.shape,))
+        units, d = packed.shape
+        if dictionary is not None:
+            dictionary = _to_numpy(dictionary, 'dictionary')
+            if dictionary.ndim != 2 or dictionary.shape[0] != d:
+                raise ValueError('SparseLookupDense: dictionary must have shape (%d, in_units) '
+                                 'for a lookup with d=%d, got %s' % (d, d, dictionary.shape))
+        self._in_units = dictionary.shape[1] if dictionary is not None else d
+        self._relu = bool(relu)
+        self._flatten = bool(flatten)
+        self._init_constants(packed._replace(kernel_offset=None), dictionary, bias, units)
+
+    units = property(lambda self: self._packed_shape[0])
+    in_units = property(lambda self: self._in_units)
+    relu = property(lambda self: self._relu)
+    flatten = property(lambda self: self._flatten)
+    # The MAC counter treats a dense layer as a 1x1 convolution.
+    channels = units
+    in_channels = in_units
+    kernel_size = property(lambda self: (1, 1))
+
+    def hybrid_forward(self, F, x, indptr, dict_index, value, dictionary=None, bias=None):
+        d = self.dictionary_size
+        if dictionary is not None:
+            s = F.FullyConnected(x, dictionary, num_hidden=d, no_bias=True,
+                                 flatten=self._flatten, name='dict')
+        else:
+            s = F.flatten(x) if self._flatten else x
+        s2 = s if self._flatten else F.reshape(s, shape=(-1, d))
+        args = [s2, indptr, dict_index, value] + ([bias] if bias is not None else [])
+        out = F.lcnn_sparse_dense(*args, num_hidden=self.units, dictionary_size=d,
+                                  relu=self._relu, no_bias=bias is None, name='lookup')
+        if not self._flatten:
+            out = F.reshape_like(out, s, lhs_begin=0, lhs_end=1, rhs_begin=0, rhs_end=-1)
+        return out
+
+    def __repr__(self):
+        return ('{name}({cin} -> {u}, dictionary_size={d}{dict}, density={dens:.4f}{relu})'
+                ).format(name=type(self).__name__, cin=self._in_units, u=self.units,
+                         d=self.dictionary_size,
+                         dict='' if self.has_dictionary else ' (identity)', dens=self.density,
+                         relu=', relu' if self._relu else '')
+

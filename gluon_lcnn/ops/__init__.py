@@ -1,0 +1,65 @@
+"""The C++ sparse-lookup operator library (inference only: forward, CPU).
+
+``load()`` builds ``liblcnn_ops.so`` when it is missing or older than its sources and registers
+its operators with MXNet once; ``import gluon_lcnn`` calls it. Afterwards these exist in
+``mx.nd``, ``mx.sym`` and as ``F.<op>`` in ``hybrid_forward``:
+
+``lcnn_sparse_conv(data, indptr, dict_index, kernel_offset, value[, bias], num_filter=m,
+dictionary_size=d, kernel=(kh, kw), stride=(1, 1), pad=(0, 0), relu=False, no_bias=False)``
+    data (N, d, H, W) float32 -> (N, m, H', W'); the lookup tensor P (m, d, kh, kw) packed by
+    ``gluon_lcnn.nn.sparse.pack_lookup``: compressed rows per output channel (indptr int32
+    (m+1,)), and per non-zero its dictionary index (int32), kernel offset i*kw + j (int32) and
+    value (float32).
+``lcnn_sparse_dense(data, indptr, dict_index, value[, bias], num_hidden=u, dictionary_size=d,
+relu=False, no_bias=False)``
+    data (N, d) float32 -> (N, u) with P (u, d) packed the same way (no kernel offsets).
+
+Malformed inputs (bad indices, inconsistent indptr, wrong shapes or attributes) raise an
+MXNetError naming the problem. There is no backward: train with gluon_lcnn.nn.LookupConv2D.
+"""
+import os
+import sys
+import threading
+
+import mxnet as mx
+
+__all__ = ['load', 'autoload', 'lib_path', 'OP_NAMES']
+
+OP_NAMES = ('lcnn_sparse_conv', 'lcnn_sparse_dense')
+_lock = threading.Lock()
+_loaded = False
+
+
+def lib_path():
+    """Where the operator library lives (it may not be built yet)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), 'liblcnn_ops.so')
+
+
+def load():
+    """Build (if needed) and load the operator library once; return its path.
+
+    Raises ``gluon_lcnn.ops.build.BuildError`` when the library is missing or stale and cannot
+    be compiled (no C++ compiler, compile error).
+    """
+    global _loaded
+    with _lock:
+        if _loaded:
+            return lib_path()
+        from .build import BuildError, build
+        try:
+            path = build()
+        except BuildError as err:
+            raise BuildError('gluon_lcnn needs its C++ operator library: %s' % err) from None
+        mx.library.load(path, verbose=False)
+        _loaded = True
+        return path
+
+
+def autoload():
+    """``load()`` as ``import gluon_lcnn`` runs it: skipped inside ``python -m
+    gluon_lcnn.ops.build`` itself, which would otherwise compile twice."""
+    if 'gluon_lcnn.ops.build' not in getattr(sys, 'orig_argv', ()):
+        load()
+
+
+autoload()
