@@ -5,3 +5,4 @@ from . import nn
 from . import deploy
 from .model_zoo import get_model, list_models
 from . import ops  # builds (if needed) and loads the C++ sparse-lookup operator library
+from . import flops

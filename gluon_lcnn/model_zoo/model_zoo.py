@@ -6,11 +6,12 @@ import mxnet as mx
 
 from . import alexnet as _alexnet
 from . import lenet as _lenet
+from . import resnet as _resnet
 
 __all__ = ['get_model', 'list_models']
 
 _models = {}
-for _module in (_lenet, _alexnet):
+for _module in (_lenet, _alexnet, _resnet):
     for _name in _module.__all__:
         if _name[0].islower():
             _models[_name] = getattr(_module, _name)

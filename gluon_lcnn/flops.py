@@ -1,0 +1,328 @@
+"""Multiply-accumulate (MAC) and parameter counts per layer, dense-equivalent versus actual.
+
+``profile(net, input_shape)`` runs one non-hybridized forward pass of zeros with forward hooks
+to learn every layer's input and output shape, then counts:
+
+- ``nn.Conv2D``: m * (c / groups) * kh * kw * H' * W' per image; ``nn.Dense``: units * in_units
+  per row;
+- ``LookupConv2D``: the dictionary d * c * H * W (a 1x1 conv over the input pixels any window
+  reads: all of them unless the stride exceeds the kernel, as in a 1x1/s2 shortcut) plus
+  nnz(P) * H' * W' (one multiply-add per surviving lookup entry and output pixel);
+  ``LookupDense``: d * in_units + nnz(P). nnz is taken *now*, after the threshold, so the count
+  follows training or ``model_zoo.set_lookup_density``. The dense-equivalent count of a lookup
+  layer is that of a Conv2D/Dense with the same geometry.
+- Blocks that describe themselves (the sparse inference blocks of ``gluon_lcnn.nn.sparse`` or
+  anything else): see ``_describe`` — a block may define ``lcnn_macs(input_shape,
+  output_shape) -> dict`` (keys kind, dense_macs, macs, nnz, density) or expose ``nnz`` (int
+  or method) and ``dictionary_size``; convolutions also ``kernel_size``, ``strides`` and
+  ``padding`` (pairs), dense ones optionally ``flatten``. Channels come from the shapes.
+
+BatchNorm, activations, pooling, dropout, flatten and other elementwise work are ignored: they
+cost O(activations), a few percent of a conv layer's MACs. Counts cover the whole input shape
+(batch included), so pass batch 1 for per-image numbers.
+"""
+import argparse
+import ast
+from collections import OrderedDict
+
+import mxnet as mx
+import numpy as np
+from mxnet.gluon import nn
+
+from .nn.lookup import LookupConv2D, LookupDense
+
+__all__ = ['profile', 'Profile', 'add_arguments', 'run']
+
+
+def _value(attr):
+    return attr() if callable(attr) else attr
+
+
+def _params(block):
+    total = 0
+    for p in block.collect_params().values():
+        if p.shape and all(s > 0 for s in p.shape):
+            total += int(np.prod(p.shape))
+    return total
+
+
+def _positions(shape):
+    """Output positions of a conv output (N, C, H, W): N * H * W."""
+    return int(shape[0]) * int(np.prod(shape[2:]))
+
+
+def _read_extent(size, out, kernel, stride, pad):
+    """Input rows (or columns) any kernel window touches: the dictionary is needed only there."""
+    used = np.zeros(size, dtype=bool)
+    for y in range(out):
+        lo = y * stride - pad
+        used[max(lo, 0):max(min(lo + kernel, size), 0)] = True
+    return int(used.sum())
+
+
+def _dictionary_pixels(block, in_shape, out_shape):
+    """N * (input pixels the lookup conv reads): H * W unless the stride skips pixels."""
+    (kh, kw), (sh, sw), (ph, pw) = block.kernel_size, block.strides, block.padding
+    return int(in_shape[0]) * (_read_extent(in_shape[2], out_shape[2], kh, sh, ph) *
+                               _read_extent(in_shape[3], out_shape[3], kw, sw, pw))
+
+
+def _dense_rows(block, in_shape, out_shape, flatten):
+    # Rows the fully connected map runs over: the batch when flattening, else every leading index.
+    return int(in_shape[0]) if flatten else int(np.prod(out_shape[:-1]))
+
+
+def _describe(block, in_shape, out_shape):
+    """dict(kind, dense_macs, macs, nnz, density) for a counted block, else None."""
+    if hasattr(block, 'lcnn_macs'):
+        info = dict(block.lcnn_macs(in_shape, out_shape))
+        info.setdefault('nnz', None)
+        info.setdefault('density', None)
+        return info
+    if isinstance(block, LookupConv2D):
+        m, d, kh, kw = block.lookup.shape
+        c = in_shape[1]
+        nnz = int((mx.nd.abs(block.lookup.data()) > block.threshold).sum().asscalar())
+        pos = _positions(out_shape)
+        dict_macs = d * c * _dictionary_pixels(block, in_shape, out_shape)
+        return dict(kind='lookup_conv', dense_macs=m * c * kh * kw * pos,
+                    macs=dict_macs + nnz * pos, nnz=nnz, density=nnz / float(m * d * kh * kw))
+    if isinstance(block, LookupDense):
+        units, d = block.lookup.shape
+        in_units = block.dictionary.shape[1]
+        rows = _dense_rows(block, in_shape, out_shape, block.flatten)
+        nnz = int((mx.nd.abs(block.lookup.data()) > block.threshold).sum().asscalar())
+        return dict(kind='lookup_dense', dense_macs=units * in_units * rows,
+                    macs=(d * in_units + nnz) * rows, nnz=nnz, density=nnz / float(units * d))
+    if isinstance(block, nn.Conv2D) and not isinstance(block, nn.Conv2DTranspose):
+        kw = block._kwargs
+        m, c, groups = kw['num_filter'], in_shape[1], kw['num_group']
+        macs = m * (c // groups) * int(np.prod(kw['kernel'])) * _positions(out_shape)
+        return dict(kind='conv' if groups == 1 else 'conv_g%d' % groups, dense_macs=macs,
+                    macs=macs, nnz=None, density=None)
+    if isinstance(block, nn.Dense):
+        flatten = block._flatten
+        in_units = int(np.prod(in_shape[1:])) if flatten else int(in_shape[-1])
+        macs = block._units * in_units * _dense_rows(block, in_shape, out_shape, flatten)
+        return dict(kind='dense', dense_macs=macs, macs=macs, nnz=None, density=None)
+    # Duck typing for sparse inference blocks written elsewhere (gluon_lcnn.nn.sparse).
+    if hasattr(block, 'nnz') and hasattr(block, 'dictionary_size'):
+        nnz = int(_value(block.nnz))
+        d = int(_value(block.dictionary_size))
+        if hasattr(block, 'kernel_size'):
+            kh, kw = _value(block.kernel_size)
+            m, c = int(out_shape[1]), int(in_shape[1])
+            pos = _positions(out_shape)
+            dict_macs = d * c * _dictionary_pixels(block, in_shape, out_shape)
+            return dict(kind='sparse_conv', dense_macs=m * c * kh * kw * pos,
+                        macs=dict_macs + nnz * pos, nnz=nnz,
+                        density=nnz / float(m * d * kh * kw))
+        units = int(out_shape[-1])
+        flatten = bool(getattr(block, 'flatten', True))
+        in_units = int(np.prod(in_shape[1:])) if flatten else int(in_shape[-1])
+        rows = _dense_rows(block, in_shape, out_shape, flatten)
+        return dict(kind='sparse_dense', dense_macs=units * in_units * rows,
+                    macs=(d * in_units + nnz) * rows, nnz=nnz, density=nnz / float(units * d))
+    return None
+
+
+def _shape(x):
+    if isinstance(x, (list, tuple)):
+        x = x[0]
+    return tuple(int(s) for s in x.shape)
+
+
+class Profile:
+    """Result of ``profile``: ``rows`` (list of dicts) and ``totals`` (dict).
+
+    Row keys: name, kind, output_shape, params, dense_macs, macs, nnz, density.
+    Totals: params, dense_macs, macs, speedup (dense_macs / macs), layers, input_shape.
+    """
+
+    def __init__(self, rows, input_shape):
+        self.rows = rows
+        dense = sum(r['dense_macs'] for r in rows)
+        macs = sum(r['macs'] for r in rows)
+        self.totals = OrderedDict([
+            ('input_shape', tuple(input_shape)), ('layers', len(rows)),
+            ('params', sum(r['params'] for r in rows)), ('dense_macs', dense), ('macs', macs),
+            ('speedup', dense / float(macs) if macs else float('inf'))])
+
+    def to_dict(self):
+        """Plain JSON-able dict {'rows': [...], 'totals': {...}}."""
+        rows = [dict(r, output_shape=list(r['output_shape'])) for r in self.rows]
+        totals = dict(self.totals, input_shape=list(self.totals['input_shape']))
+        return {'rows': rows, 'totals': totals}
+
+    def table(self, tablefmt='github'):
+        """The per-layer table plus a totals line, formatted with tabulate."""
+        from tabulate import tabulate
+
+        def mega(v):
+            return '%.2f' % (v / 1e6)
+        body = [[r['name'], r['kind'], 'x'.join(map(str, r['output_shape'])), r['params'],
+                 mega(r['dense_macs']), mega(r['macs']),
+                 '' if r['nnz'] is None else r['nnz'],
+                 '' if r['density'] is None else '%.4f' % r['density'],
+                 '%.1fx' % (r['dense_macs'] / float(r['macs'])) if r['macs'] else '']
+                for r in self.rows]
+        t = self.totals
+        body.append(['total', '', 'x'.join(map(str, t['input_shape'])), t['params'],
+                     mega(t['dense_macs']), mega(t['macs']), '', '', '%.1fx' % t['speedup']])
+        return tabulate(body, headers=['layer', 'kind', 'output', 'params', 'dense MMACs',
+                                       'MMACs', 'nnz(P)', 'density', 'speedup'],
+                        tablefmt=tablefmt)
+
+    def __str__(self):
+        return self.table()
+
+
+def profile(net, input_shape=(1, 3, 224, 224), ctx=None):
+    """Count MACs and parameters of every conv, dense and lookup layer of `net`.
+
+    Parameters
+    ----------
+    net : Block
+        Any Gluon network; uninitialized parameters are initialized (default initializer) so
+        a freshly built model can be counted directly. A hybridized net is run imperatively
+        once (hooks need it) and its hybridization restored afterwards.
+    input_shape : tuple of int
+        Shape of the zeros input, batch included (batch 1 gives per-image counts).
+    ctx : Context, optional
+        Defaults to the context of the net's parameters (or cpu).
+
+    Returns
+    -------
+    Profile
+        ``.rows``, ``.totals`` (dense_macs, macs, speedup, params), ``.table()``, ``.to_dict()``.
+    """
+    input_shape = tuple(int(s) for s in input_shape)
+    if not input_shape or min(input_shape) < 1:
+        raise ValueError('profile: input_shape must be positive ints, got %r' % (input_shape,))
+    params = net.collect_params()
+    fresh = [p for p in params.values() if p._data is None and not p._deferred_init]
+    for p in fresh:
+        p.initialize(ctx=ctx or mx.cpu())
+    if ctx is None:
+        ctxs = [c for p in params.values() if p._data is not None for c in p.list_ctx()]
+        ctx = ctxs[0] if ctxs else mx.cpu()
+    records, handles, active = [], [], {}
+
+    def visit(block, path):
+        if isinstance(block, mx.gluon.HybridBlock):
+            active[id(block)] = (block, block._active)
+        handles.append(block.register_forward_hook(
+            lambda b, inputs, output, _path=path: records.append((_path, b, inputs, output))))
+        for key, child in block._children.items():
+            visit(child, path + '.' + key if path else key)
+    visit(net, '')
+    net.hybridize(False)
+    try:
+        with mx.autograd.predict_mode():
+            net(mx.nd.zeros(input_shape, ctx=ctx))
+        mx.nd.waitall()
+    finally:
+        for h in handles:
+            h.detach()
+        for block, was in active.values():
+            block._active = was
+    rows = []
+    for path, block, inputs, output in records:
+        info = _describe(block, _shape(inputs), _shape(output))
+        if info is None:
+            continue
+        rows.append(OrderedDict([
+            ('name', block.name), ('path', path), ('kind', info['kind']),
+            ('output_shape', _shape(output)), ('params', _params(block)),
+            ('dense_macs', int(info['dense_macs'])), ('macs', int(info['macs'])),
+            ('nnz', info['nnz']), ('density', info['density'])]))
+    return Profile(rows, input_shape)
+
+
+# ---------------------------------------------------------------- CLI: python -m gluon_lcnn flops
+def parse_shape(text):
+    """'1,3,224,224' -> (1, 3, 224, 224)."""
+    try:
+        shape = tuple(int(s) for s in text.replace('x', ',').split(',') if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError('expected comma-separated ints, got %r' % text)
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError('expected positive ints, got %r' % text)
+    return shape
+
+
+def parse_kwargs(items):
+    """['classes=10', 'thumbnail=True'] -> {'classes': 10, 'thumbnail': True}."""
+    out = {}
+    for item in items or ():
+        if '=' not in item:
+            raise ValueError('model argument %r is not KEY=VALUE' % item)
+        key, value = item.split('=', 1)
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def add_model_arguments(parser):
+    """--model, --classes, --arg KEY=VALUE: the options every model-building command shares."""
+    parser.add_argument('--model', required=True, help='a name from gluon_lcnn.list_models()')
+    parser.add_argument('--classes', type=int, default=None, help='number of classes')
+    parser.add_argument('--arg', action='append', default=[], metavar='KEY=VALUE',
+                        help='extra constructor argument, e.g. --arg thumbnail=True (repeatable)')
+
+
+def build_model(args):
+    from .model_zoo import get_model
+    kwargs = parse_kwargs(args.arg)
+    if args.classes is not None:
+        kwargs['classes'] = args.classes
+    return get_model(args.model, **kwargs)
+
+
+def _density_arg(text, model):
+    from .model_zoo import ASSUMED_DENSITIES, PUBLISHED_DENSITIES
+    table = {'published': PUBLISHED_DENSITIES, 'assumed': ASSUMED_DENSITIES}.get(text)
+    if table is None:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("--density must be 'published', 'assumed' or a float, got %r" % text)
+    if model.lower() not in table:
+        raise ValueError('--density %s: no such densities for %r; they exist for %s'
+                         % (text, model, ', '.join(sorted(table))))
+    return table[model.lower()]
+
+
+def add_arguments(parser):
+    add_model_arguments(parser)
+    parser.add_argument('--input-shape', type=parse_shape, default=(1, 3, 224, 224),
+                        help='N,C,H,W of the zeros input (default 1,3,224,224)')
+    parser.add_argument('--density', default=None,
+                        help="lookup densities before counting: 'published' (the model's "
+                             "published per-layer densities, AlexNet presets), 'assumed' "
+                             "(ResNet-18 presets, see model_zoo/resnet.py) or one float for "
+                             "every layer; default: as initialized")
+    parser.add_argument('--seed', type=int, default=0, help='seed for --density survivors')
+    parser.add_argument('--json', default=None, help='also write the result as JSON here')
+
+
+def run(args):
+    import json
+    from .model_zoo import set_lookup_density
+    net = build_model(args)
+    net.initialize()
+    if args.density is not None:
+        # Lookup layers with a deferred dictionary need one forward to get their shapes.
+        profile(net, args.input_shape)
+        set_lookup_density(net, _density_arg(args.density, args.model), seed=args.seed)
+    result = profile(net, args.input_shape)
+    print(result.table())
+    t = result.totals
+    print('\n%s: %.1f M dense-equivalent MACs, %.1f M MACs, theoretical speedup %.2fx'
+          % (args.model, t['dense_macs'] / 1e6, t['macs'] / 1e6, t['speedup']))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(result.to_dict(), f, indent=1)
+    return result
