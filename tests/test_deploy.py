@@ -1,0 +1,247 @@
+"""to_inference: BN folding, ReLU fusion, sparse/dense kernels, zoo models, export round trip.
+
+Budget: about 1 minute on the 2-core CI machine (zoo models run at thumbnail sizes).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet.gluon import HybridBlock, nn
+
+import gluon_lcnn
+from gluon_lcnn import deploy
+from gluon_lcnn.benchmark import randomize_batchnorm
+from gluon_lcnn.model_zoo import get_model, list_models, set_lookup_density
+from gluon_lcnn.nn import LookupConv2D, LookupDense
+from gluon_lcnn.nn.sparse import SparseLookupConv2D, SparseLookupDense
+
+RTOL = 1e-4
+
+
+def rel_err(out, ref):
+    out, ref = out.asnumpy(), ref.asnumpy()
+    return float(np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-12))
+
+
+def blocks_of(net, kind):
+    found = [net] if isinstance(net, kind) else []
+    for child in net._children.values():
+        found.extend(blocks_of(child, kind))
+    return found
+
+
+def prepared(net, x, seed=0, density=None):
+    """Initialize, run once, give BN non-trivial statistics (and P a density)."""
+    net.initialize(mx.init.Xavier())
+    net(x)
+    randomize_batchnorm(net, seed)
+    if density is not None:
+        set_lookup_density(net, density, seed=seed)
+    return net
+
+
+# Random layer configs: (in_channels, channels, kernel, strides, padding, dictionary, in_size)
+CONV_CONFIGS = [
+    (3, 8, (3, 2), (2, 1), (1, 0), 3, (11, 9)),
+    (6, 5, (1, 3), 1, (0, 1), 4, (7, 8)),
+    (4, 7, (5, 5), (2, 3), (2, 1), 6, (13, 12)),
+    (5, 4, 1, 1, 0, 2, (6, 5)),
+]
+
+
+@pytest.mark.parametrize('choose', ['sparse', 'dense'])
+@pytest.mark.parametrize('config', range(len(CONV_CONFIGS)))
+def test_lookup_conv_bn_relu_folds(config, choose):
+    c, m, k, s, p, d, size = CONV_CONFIGS[config]
+    rng = np.random.RandomState(config)
+    net = nn.HybridSequential()
+    net.add(LookupConv2D(m, k, strides=s, padding=p, dictionary_size=d, initial_sparsity=0.5),
+            nn.BatchNorm(), nn.Activation('relu'),
+            LookupConv2D(m + 1, 3, padding=1, dictionary_size=d, use_bias=False),
+            nn.BatchNorm(),
+            nn.Flatten(), LookupDense(6, dictionary_size=3), nn.BatchNorm(), nn.Activation('relu'),
+            nn.Dense(3))
+    x = mx.nd.array(rng.normal(0, 1, (3, c) + size))
+    prepared(net, x, seed=config)
+    ref = net(x)
+    inf = deploy.to_inference(net, choose=choose)
+    assert not blocks_of(inf, nn.BatchNorm)
+    # Every ReLU was fused into the layer before it.
+    assert not any(isinstance(b, nn.Activation) for b in inf._children.values())
+    assert len(inf) == 5
+    sparse_blocks = blocks_of(inf, (SparseLookupConv2D, SparseLookupDense))
+    assert len(sparse_blocks) == (3 if choose == 'sparse' else 0)
+    if choose == 'sparse':
+        assert sparse_blocks[0].relu and not sparse_blocks[1].relu and sparse_blocks[2].relu
+    assert [v['choice'] for v in inf.kernel_choices.values()] == [choose] * 3
+    assert rel_err(inf(x), ref) < RTOL
+    inf.hybridize()
+    assert rel_err(inf(x), ref) < RTOL
+
+
+@pytest.mark.parametrize('choose', ['sparse', 'dense'])
+def test_dense_net_folds_and_unusual_bn(choose):
+    # Conv2D/Dense + BN folding (the dense twin gets the same treatment), grouped convs,
+    # BN without scale/center, and patterns that must stay: BN after a conv with activation.
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, (3, 2), strides=(2, 1), padding=(1, 0)), nn.BatchNorm(),
+            nn.Activation('relu'),
+            nn.Conv2D(6, 3, groups=2, use_bias=False), nn.BatchNorm(scale=False, center=False),
+            nn.Conv2D(6, 1, activation='relu'), nn.BatchNorm(),
+            LookupConv2D(5, 3, padding=1, dictionary_size=3, activation='sigmoid'),
+            nn.MaxPool2D(), nn.Dense(10), nn.BatchNorm(), nn.Activation('relu'), nn.Dense(3))
+    x = mx.nd.random.normal(shape=(2, 3, 12, 11))
+    prepared(net, x)
+    ref = net(x)
+    inf = deploy.to_inference(net, choose=choose)
+    assert len(blocks_of(inf, nn.BatchNorm)) == 1  # the one after the activated conv
+    assert rel_err(inf(x), ref) < RTOL
+
+
+class _Residual(HybridBlock):
+    """A ResNet-style block: children used through attributes in a custom hybrid_forward."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.body = nn.HybridSequential()
+            self.body.add(LookupConv2D(channels, 3, padding=1, dictionary_size=4, use_bias=False),
+                          nn.BatchNorm(), nn.Activation('relu'),
+                          LookupConv2D(channels, 3, padding=1, dictionary_size=5),
+                          nn.BatchNorm())
+            self.downsample = nn.HybridSequential()
+            self.downsample.add(nn.Conv2D(channels, 1, use_bias=False), nn.BatchNorm())
+
+    def hybrid_forward(self, F, x):
+        return F.relu(self.body(x) + self.downsample(x))
+
+
+def _residual_net():
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(4, 3), nn.BatchNorm(), _Residual(6), nn.GlobalAvgPool2D(), nn.Dense(3))
+    return net
+
+
+def test_residual_blocks_fold_inside_and_input_unchanged():
+    net = _residual_net()
+    x = mx.nd.random.normal(shape=(2, 3, 9, 9))
+    prepared(net, x)
+    ref = net(x)
+    before = {k: v.data().asnumpy().copy() for k, v in net.collect_params().items()}
+    structure = repr(net)
+    inf = deploy.to_inference(net, choose='sparse')
+    assert isinstance(inf[1], _Residual) and inf[1].body is inf[1]._children['body']
+    assert not blocks_of(inf, nn.BatchNorm)
+    assert len(blocks_of(inf, SparseLookupConv2D)) == 2
+    assert rel_err(inf(x), ref) < RTOL
+    # Pure function: the training net is untouched and still computes the same.
+    assert repr(net) == structure and len(blocks_of(net, nn.BatchNorm)) == 4
+    for k, v in net.collect_params().items():
+        np.testing.assert_array_equal(v.data().asnumpy(), before[k])
+    assert rel_err(net(x), ref) == 0
+
+
+def test_auto_choice_is_measured_and_kept_in_the_graph(tmp_path):
+    net = _residual_net()
+    x = mx.nd.random.normal(shape=(1, 3, 9, 9))
+    prepared(net, x, density=0.2)
+    ref = net(x)
+    inf = deploy.to_inference(net, input_shape=x.shape, choose='auto', repeat=3, warmup=1)
+    choices = inf.kernel_choices
+    assert len(choices) == 2
+    assert [v['input_shape'] for v in choices.values()] == [(1, 4, 7, 7), (1, 6, 7, 7)]
+    for info in choices.values():
+        assert info['sparse_s'] > 0 and info['dense_s'] > 0
+        assert info['choice'] == ('sparse' if info['sparse_s'] <= info['dense_s'] else 'dense')
+    assert len(blocks_of(inf, SparseLookupConv2D)) == sum(
+        v['choice'] == 'sparse' for v in choices.values())
+    assert rel_err(inf(x), ref) < RTOL
+    inf.hybridize()
+    inf(x)
+    inf.export(str(tmp_path / 'auto'))
+    graph = json.loads((tmp_path / 'auto-symbol.json').read_text())
+    ops = [n['op'] for n in graph['nodes']]
+    assert ops.count('lcnn_sparse_conv') == len(blocks_of(inf, SparseLookupConv2D))
+
+
+def test_export_import_round_trip_in_a_fresh_process(tmp_path):
+    net = get_model('lenet_lcnn_fast')
+    x = mx.nd.random.normal(shape=(2, 1, 28, 28))
+    prepared(net, x, density=0.3)
+    ref = net(x)
+    inf = deploy.to_inference(net, choose='sparse')
+    inf.hybridize()
+    assert rel_err(inf(x), ref) < RTOL
+    prefix = str(tmp_path / 'lenet')
+    inf.export(prefix)
+    np.save(str(tmp_path / 'x.npy'), x.asnumpy())
+    np.save(str(tmp_path / 'ref.npy'), ref.asnumpy())
+    # The op library must come back with a plain `import gluon_lcnn`.
+    code = ('import sys, numpy as np, mxnet as mx, gluon_lcnn\n'
+            'p = sys.argv[1]\n'
+            'net = mx.gluon.SymbolBlock.imports(p + "-symbol.json", ["data"], '
+            'p + "-0000.params")\n'
+            'out = net(mx.nd.array(np.load(sys.argv[2]))).asnumpy()\n'
+            'ref = np.load(sys.argv[3])\n'
+            'print(float(np.abs(out - ref).max() / np.abs(ref).max()))\n')
+    proc = subprocess.run([sys.executable, '-c', code, prefix, str(tmp_path / 'x.npy'),
+                           str(tmp_path / 'ref.npy')], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) < RTOL
+
+
+# Small variants of every zoo family: (constructor kwargs, input shape).
+SMALL = {
+    'lenet': (dict(), (2, 1, 28, 28)),
+    'alexnet': (dict(thumbnail=True, input_size=32, fc_units=128, classes=10), (2, 3, 32, 32)),
+    'resnet': (dict(thumbnail=True, classes=10), (2, 3, 32, 32)),
+}
+LCNN_MODELS = [name for name in list_models() if 'lcnn' in name]
+
+
+def _small(name):
+    for family, spec in SMALL.items():
+        if name.startswith(family):
+            return spec
+    return dict(thumbnail=True, classes=10), (1, 3, 32, 32)
+
+
+def test_every_lcnn_model_is_listed():
+    assert LCNN_MODELS, 'no LCNN model in the zoo'
+
+
+@pytest.mark.parametrize('name', LCNN_MODELS)
+def test_zoo_lcnn_models_match(name):
+    kwargs, shape = _small(name)
+    net = get_model(name, **kwargs)
+    x = mx.nd.random.normal(shape=shape)
+    prepared(net, x, seed=1, density=0.1)
+    ref = net(x)
+    n_lookup = len(gluon_lcnn.nn.lookup_layers(net))
+    for choose in ('sparse', 'dense'):
+        inf = deploy.to_inference(net, choose=choose)
+        n_sparse = len(blocks_of(inf, (SparseLookupConv2D, SparseLookupDense)))
+        assert n_sparse == (n_lookup if choose == 'sparse' else 0)
+        assert not blocks_of(inf, nn.BatchNorm), '%s: a BatchNorm was not folded' % name
+        inf.hybridize()
+        assert rel_err(inf(x), ref) < RTOL, (name, choose)
+
+
+def test_bad_arguments_raise():
+    net = _residual_net()
+    with pytest.raises(ValueError, match='not initialized'):
+        deploy.to_inference(net, choose='sparse')
+    x = mx.nd.random.normal(shape=(1, 3, 9, 9))
+    prepared(net, x)
+    with pytest.raises(ValueError, match='choose must be one of'):
+        deploy.to_inference(net, choose='fastest')
+    with pytest.raises(ValueError, match='needs input_shape'):
+        deploy.to_inference(net)
+    with pytest.raises(ValueError, match='gluon Block'):
+        deploy.to_inference(lambda v: v, choose='dense')
