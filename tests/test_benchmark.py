@@ -1,0 +1,77 @@
+"""Smoke tests of the benchmark helpers on tiny shapes: structure of the results, no speed claims.
+
+Budget: about 20 seconds (one subprocess for the CLI path).
+"""
+import argparse
+import json
+
+import mxnet as mx
+import pytest
+from mxnet.gluon import nn
+
+from gluon_lcnn import benchmark
+
+
+def test_time_call_is_a_median_of_positive_times():
+    calls = []
+    seconds = benchmark.time_call(lambda: calls.append(1), repeat=7, warmup=2)
+    assert len(calls) == 9 and seconds >= 0
+    with pytest.raises(ValueError, match='repeat'):
+        benchmark.time_call(lambda: None, repeat=0)
+
+
+def test_time_block_hybridizes_and_times():
+    block = nn.Dense(4, in_units=3)
+    block.initialize()
+    assert benchmark.time_block(block, mx.nd.ones((2, 3)), repeat=3, warmup=1) > 0
+    assert block._active
+
+
+@pytest.mark.parametrize('in_size', [(9, 8), None])
+def test_compare_layer_reports_both_paths(in_size):
+    row = benchmark.compare_layer(6, 5, 3, dictionary_size=4, density=0.25, in_size=in_size,
+                                  strides=2, padding=1, repeat=3, warmup=1)
+    for key in ('dense_ms', 'lcnn_ms', 'lookup_ms', 'speedup', 'mac_ratio', 'lookup_gflops'):
+        assert row[key] > 0, key
+    assert row['out_size'] == ('5x4' if in_size else '1x1')
+    assert abs(row['density'] - 0.25) < 0.01
+
+
+def test_layer_shapes_of_a_zoo_model():
+    rows = benchmark.layer_shapes('lenet_lcnn_fast', size=28)
+    assert [r['in_size'] for r in rows] == [(28, 28), (12, 12), None]
+    assert [r['dictionary_size'] for r in rows] == [3, 8, 32]
+
+
+def test_dense_twin_name():
+    assert benchmark.dense_twin_name('alexnet_lcnn_fast') == 'alexnet'
+    assert benchmark.dense_twin_name('lenet_lcnn_accurate') == 'lenet'
+    with pytest.raises(ValueError, match='not an LCNN model'):
+        benchmark.dense_twin_name('alexnet')
+
+
+def test_compare_models_with_breakdown():
+    rows = benchmark.compare_models('lenet_lcnn_fast', batches=(1, 2), density=0.1, size=28,
+                                    repeat=3, warmup=1, breakdown=True)
+    assert [r['batch'] for r in rows] == [1, 2]
+    for row in rows:
+        assert row['dense_twin'] == 'lenet' and row['dense_ms'] > 0 and row['lcnn_ms'] > 0
+        assert row['mac_ratio'] > 1
+        assert set(row['kernels'].values()) <= {'sparse', 'dense'} and len(row['kernels']) == 3
+        assert {r['type'] for r in row['lcnn_layers']} >= {'Dense', 'MaxPool2D'}
+    text = benchmark.render_models(rows)
+    assert text.startswith('| model |') and 'per layer' in text
+
+
+def test_cli_runs_each_thread_setting_in_a_subprocess(tmp_path, capsys):
+    parser = benchmark.add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(['--model', 'lenet_lcnn_fast', '--batch', '1', '--threads', '1',
+                              '--size', '28', '--density', '0.1', '--repeat', '2',
+                              '--json', str(tmp_path / 'r.json'),
+                              '--markdown', str(tmp_path / 'r.md')])
+    rows = benchmark.run(args)
+    assert len(rows) == 1 and rows[0]['threads'] == '1'
+    assert json.loads((tmp_path / 'r.json').read_text())[0]['model'] == 'lenet_lcnn_fast'
+    assert '| lenet_lcnn_fast | 1 | 1 |' in capsys.readouterr().out
+    with pytest.raises(ValueError, match='unknown model'):
+        benchmark.run(parser.parse_args(['--model', 'nonet_lcnn']))
