@@ -6,12 +6,14 @@ import mxnet as mx
 
 from . import alexnet as _alexnet
 from . import lenet as _lenet
+from . import jacintonet as _jacintonet
 from . import resnet as _resnet
+from . import vgg as _vgg
 
 __all__ = ['get_model', 'list_models']
 
 _models = {}
-for _module in (_lenet, _alexnet, _resnet):
+for _module in (_lenet, _alexnet, _resnet, _vgg, _jacintonet):
     for _name in _module.__all__:
         if _name[0].islower():
             _models[_name] = getattr(_module, _name)
