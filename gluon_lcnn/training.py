@@ -1,0 +1,286 @@
+"""Helpers the training scripts share: Horovod (or a one-process stand-in), the learning-rate
+schedule, atomic checkpoints, evaluation with metrics summed over workers.
+
+The training loop itself lives in ``train_scripts/train_imagenet.py`` (one flat script, as in
+Horovod's examples); ``train_scripts/train_fashion_mnist.py`` runs the same loop on other data.
+"""
+import hashlib
+import json
+import math
+import os
+
+import mxnet as mx
+import numpy as np
+
+__all__ = ['init_horovod', 'LocalHorovod', 'allreduce_sums', 'average_aux_states',
+           'learning_rate', 'save_checkpoint', 'load_checkpoint', 'write_json_atomic',
+           'evaluate', 'topk_correct', 'params_digest', 'format_density', 'parse_model_args']
+
+CHECKPOINT_FILE = 'checkpoint.json'
+
+
+class LocalHorovod:
+    """The part of ``horovod.mxnet`` the scripts use, for a single process without Horovod.
+
+    ``allreduce`` returns a copy (the sum over one worker), ``broadcast_parameters`` does nothing
+    and ``DistributedTrainer`` is a plain ``gluon.Trainer`` without a kvstore: with one worker
+    these are exactly what Horovod computes.
+    """
+    Sum = 'sum'
+    Average = 'average'
+
+    def init(self):
+        pass
+
+    @staticmethod
+    def size():
+        return 1
+
+    @staticmethod
+    def rank():
+        return 0
+
+    @staticmethod
+    def local_rank():
+        return 0
+
+    @staticmethod
+    def allreduce(tensor, op=None, name=None):
+        return tensor.copy()
+
+    @staticmethod
+    def broadcast_parameters(params, root_rank=0):
+        pass
+
+    @staticmethod
+    def DistributedTrainer(params, optimizer, optimizer_params=None):
+        return mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=None)
+
+    def __repr__(self):
+        return 'LocalHorovod(size=1)'
+
+
+def init_horovod(enabled=True):
+    """``horovod.mxnet`` after ``hvd.init()``, or a ``LocalHorovod`` when it is not installed.
+
+    Started with plain ``python`` (no horovodrun) Horovod itself runs as a world of size 1, so the
+    stand-in is only needed where Horovod is missing, or when ``enabled`` is False.
+    """
+    if enabled:
+        try:
+            import horovod.mxnet as hvd
+        except ImportError:
+            hvd = None
+        if hvd is not None:
+            hvd.init()
+            return hvd
+    hvd = LocalHorovod()
+    hvd.init()
+    return hvd
+
+
+def allreduce_sums(hvd, values, name):
+    """Sum a dict of numbers over all workers (float64, one allreduce); returns a new dict."""
+    keys = sorted(values)
+    local = mx.nd.array([float(values[k]) for k in keys], dtype='float64')
+    total = hvd.allreduce(local, op=hvd.Sum, name=name).asnumpy()
+    return {k: float(v) for k, v in zip(keys, total)}
+
+
+def average_aux_states(net, hvd):
+    """Average the non-trained parameters (BatchNorm running statistics) over workers.
+
+    Gradients are allreduced, so trained parameters agree everywhere, but each worker updates
+    its running mean/var from its own batches; averaging them at the end of an epoch makes every
+    worker evaluate, and rank 0 save, the same model.
+    """
+    if hvd.size() == 1:
+        return
+    for name, param in sorted(net.collect_params().items()):
+        if param.grad_req == 'null':
+            data = param.data()
+            data[:] = hvd.allreduce(data, op=hvd.Average, name='aux.' + name)
+
+
+def learning_rate(step, steps_per_epoch, base_lr, num_epochs, warmup_epochs=0.0, mode='cosine',
+                  decay_epochs=(), decay_factor=0.1, power=2.0, final_lr=0.0):
+    """Learning rate at optimizer update ``step`` (0-based).
+
+    Linear warm-up from ~0 to ``base_lr`` over ``warmup_epochs`` (Goyal et al.: needed once
+    ``base_lr`` is scaled by the number of workers), then
+
+    - ``step``: ``base_lr * decay_factor ** k`` after the k-th epoch in ``decay_epochs``;
+    - ``cosine``: half a cosine from ``base_lr`` down to ``final_lr`` at ``num_epochs``;
+    - ``poly``: ``(base_lr - final_lr) * (1 - t) ** power + final_lr``, t the post-warm-up progress.
+    """
+    if mode not in ('step', 'cosine', 'poly'):
+        raise ValueError("lr mode must be 'step', 'cosine' or 'poly', got %r" % (mode,))
+    if steps_per_epoch < 1:
+        raise ValueError('steps_per_epoch must be >= 1, got %r' % (steps_per_epoch,))
+    epoch = float(step) / steps_per_epoch
+    warmup_steps = warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if mode == 'step':
+        return base_lr * decay_factor ** sum(1 for e in decay_epochs if epoch >= e)
+    span = max(num_epochs - warmup_epochs, 1e-12)
+    t = min(max((epoch - warmup_epochs) / span, 0.0), 1.0)
+    if mode == 'cosine':
+        return final_lr + (base_lr - final_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    return final_lr + (base_lr - final_lr) * (1 - t) ** power
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic(path, write):
+    """Run ``write(tmp_path)``, flush it to disk, then rename over ``path`` (all or nothing)."""
+    tmp = '%s.tmp-%d' % (path, os.getpid())
+    try:
+        write(tmp)
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def write_json_atomic(path, obj):
+    """Write ``obj`` as JSON so that readers see the old file or the new one, never a torn one."""
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+    _atomic(path, write)
+
+
+def save_checkpoint(save_dir, epoch, net, trainer, info=None, keep=2):
+    """Save parameters, trainer state and ``info`` after ``epoch`` (1-based epochs completed).
+
+    Files: ``epoch-NNNN.params``, ``epoch-NNNN.states`` and ``checkpoint.json`` naming them. Each
+    is written to a temporary name and renamed, and checkpoint.json goes last, so a run killed
+    at any instant leaves the previous complete checkpoint in place (plus, at worst, a stale
+    ``*.tmp-PID`` file that the next save removes). Only the newest ``keep`` epochs are kept. Call on one worker only (rank 0).
+
+    Returns
+    -------
+    dict
+        What checkpoint.json now holds.
+    """
+    os.makedirs(save_dir, exist_ok=True)
+    stem = 'epoch-%04d' % epoch
+    _atomic(os.path.join(save_dir, stem + '.params'), net.save_parameters)
+    _atomic(os.path.join(save_dir, stem + '.states'), trainer.save_states)
+    meta = dict(info or {}, epoch=int(epoch), params=stem + '.params', states=stem + '.states')
+    write_json_atomic(os.path.join(save_dir, CHECKPOINT_FILE), meta)
+    # Temporaries of a run killed mid-write (another pid) are garbage now.
+    own = '.tmp-%d' % os.getpid()
+    for name in os.listdir(save_dir):
+        if '.tmp-' in name and not name.endswith(own):
+            os.remove(os.path.join(save_dir, name))
+    for old in range(epoch - keep, 0, -1):
+        for ext in ('.params', '.states'):
+            path = os.path.join(save_dir, 'epoch-%04d%s' % (old, ext))
+            if not os.path.exists(path):
+                break
+            os.remove(path)
+    return meta
+
+
+def load_checkpoint(save_dir):
+    """checkpoint.json of ``save_dir`` with absolute ``params``/``states`` paths, or None."""
+    path = os.path.join(save_dir, CHECKPOINT_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        meta = json.load(f)
+    for key in ('params', 'states'):
+        meta[key] = os.path.join(save_dir, meta[key])
+        if not os.path.isfile(meta[key]):
+            raise ValueError('checkpoint %s names %s, which is missing' % (path, meta[key]))
+    return meta
+
+
+def topk_correct(output, label, num_valid, k):
+    """Number of the first ``num_valid`` rows whose label is among the top ``k`` outputs (NDArray)."""
+    output = output[:num_valid]
+    label = label[:num_valid].astype('float32')
+    if k == 1:
+        return (output.argmax(axis=1) == label).sum()
+    top = mx.nd.topk(output, axis=1, k=k, ret_typ='indices').astype('float32')
+    return (top == label.reshape((-1, 1))).sum()
+
+
+def evaluate(net, batches, ctx, hvd, loss_fn=None, dtype='float32', name='val'):
+    """Top-1, top-5 and mean loss of ``net`` over every worker's share of ``batches``.
+
+    Counts are summed over workers before dividing, so the result is the accuracy on the whole
+    set, identical on every worker and independent of how the set was split.
+
+    Returns
+    -------
+    dict
+        top1, top5, loss, count.
+    """
+    loss_fn = loss_fn or mx.gluon.loss.SoftmaxCrossEntropyLoss()
+    zero = lambda: mx.nd.zeros((1,), ctx=ctx, dtype='float64')  # noqa: E731
+    correct1, correct5, loss_sum = zero(), zero(), zero()
+    count, k = 0, None
+    for data, label, num_valid in batches:
+        data = data.as_in_context(ctx).astype(dtype, copy=False)
+        label = label.as_in_context(ctx)
+        output = net(data).astype('float32', copy=False)
+        k = k or min(5, output.shape[1])
+        correct1 += topk_correct(output, label, num_valid, 1).astype('float64')
+        correct5 += topk_correct(output, label, num_valid, k).astype('float64')
+        loss_sum += loss_fn(output[:num_valid], label[:num_valid]).sum().astype('float64')
+        count += num_valid
+    sums = allreduce_sums(hvd, dict(correct1=correct1.asscalar(), correct5=correct5.asscalar(),
+                                    loss=loss_sum.asscalar(), count=count), name=name)
+    n = max(sums['count'], 1.0)
+    return dict(top1=sums['correct1'] / n, top5=sums['correct5'] / n, loss=sums['loss'] / n,
+                count=int(sums['count']))
+
+
+def params_digest(net):
+    """SHA-256 over every parameter (sorted by name): equal digests mean bit-identical models."""
+    digest = hashlib.sha256()
+    for name, param in sorted(net.collect_params().items()):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(param.data().asnumpy()).tobytes())
+    return digest.hexdigest()
+
+
+def format_density(report, limit=12):
+    """One line from ``gluon_lcnn.nn.density_report``: total, then per layer."""
+    if not report:
+        return 'no lookup layers'
+    layers = [(k, v) for k, v in report.items() if k != '__total__']
+    parts = ['%s %.4f' % (k, v) for k, v in layers[:limit]]
+    if len(layers) > limit:
+        parts.append('... (%d more)' % (len(layers) - limit))
+    return 'total %.4f: %s' % (report['__total__'], ', '.join(parts))
+
+
+def parse_model_args(items):
+    """['thumbnail=True', 'fc_units=1024'] -> {'thumbnail': True, 'fc_units': 1024}."""
+    import ast
+    out = {}
+    for item in items or ():
+        if '=' not in item:
+            raise ValueError('--model-arg %r is not KEY=VALUE' % (item,))
+        key, value = item.split('=', 1)
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
