@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
+# This workplace's pip config names local indexes that may not exist; keep its noise out of the log.
+quiet() { "$@" 2>&1 | { grep -v "WARNING: Location '" || true; }; }
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 
@@ -26,20 +28,23 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   echo "[install] creating $VENV with the pinned stack"
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade "pip<25" "setuptools<70"
-  "$VENV/bin/pip" install -q -r requirements.txt
+  quiet "$VENV/bin/pip" install -q --upgrade "pip<25" "setuptools<70"
+  quiet "$VENV/bin/pip" install -q -r requirements.txt
   echo "$want" > "$stamp"
 fi
 
 if ! "$VENV/bin/python" -c "import horovod.mxnet" 2>/dev/null; then
-  echo "[install] building horovod 0.28.1 against mxnet (takes ~8 min on 2 cores)"
+  echo "[install] building horovod 0.28.1 against mxnet (a few minutes on 2 cores)"
   HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
   HOROVOD_WITHOUT_PYTORCH=1 MAKEFLAGS=-j2 \
-    "$VENV/bin/pip" install -q --no-build-isolation --no-cache-dir horovod==0.28.1
+    quiet "$VENV/bin/pip" install -q --no-build-isolation --no-cache-dir horovod==0.28.1
 fi
 
 # The package (editable) and its op library.
-"$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
+link=$(ls "$VENV"/lib/python*/site-packages/gluon-lcnn.egg-link 2>/dev/null || true)
+if [ -z "$link" ] || [ "$(head -n1 "$link")" != "$PWD" ]; then
+  quiet "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
+fi
 if [ -f gluon_lcnn/ops/build.py ]; then
   "$VENV/bin/python" -m gluon_lcnn.ops.build
 fi
