@@ -209,11 +209,61 @@ def _shell(block):
     return new
 
 
+class MaxPoolSlices(HybridBlock):
+    """Max pooling (NCHW, floor mode) as a running maximum of strided slices, rows then columns.
+
+    MXNet 1.9's MKLDNN pools plain-NCHW data with oneDNN's reference ``simple_nchw`` kernel,
+    measured here ~6x slower on one core than these 2k slices + maxima (AlexNet pool1: 3.5 ms vs
+    0.54 ms). The sparse op writes plain NCHW, so its pools hit that path; data in MKLDNN's
+    blocked layout (after a dense conv) is pooled fast, hence ``to_inference`` times both in
+    context. Shape-agnostic: each slice ends ``k - 1 - i`` elements before the end, so all have
+    the output's length.
+    """
+
+    def __init__(self, pool_size, strides, padding=(0, 0), prefix=None):
+        super().__init__(prefix=prefix)
+        self._kernel, self._strides, self._padding = (tuple(pool_size), tuple(strides),
+                                                      tuple(padding))
+
+    def hybrid_forward(self, F, x):
+        ph, pw = self._padding
+        if ph or pw:
+            x = F.pad(x, mode='constant', pad_width=(0, 0, 0, 0, ph, ph, pw, pw),
+                      constant_value=-float('inf'))
+        for axis in (2, 3):
+            k, s = self._kernel[axis - 2], self._strides[axis - 2]
+            out = None
+            for i in range(k):
+                begin, end, step = [None] * 4, [None] * 4, [1] * 4
+                begin[axis], end[axis], step[axis] = i, -(k - 1 - i) or None, s
+                part = F.slice(x, begin=tuple(begin), end=tuple(end), step=tuple(step))
+                out = part if out is None else F.maximum(out, part)
+            x = out
+        return x
+
+    def __repr__(self):
+        return '%s(size=%s, stride=%s, padding=%s)' % (type(self).__name__, self._kernel,
+                                                       self._strides, self._padding)
+
+
+def _slices_pool(block):
+    """A MaxPoolSlices equal to MaxPool2D ``block``, or None for variants it does not cover."""
+    if not isinstance(block, nn.MaxPool2D):
+        return None
+    kw = block._kwargs
+    if (kw['global_pool'] or kw['pooling_convention'] != 'valid' or kw['layout'] != 'NCHW'
+            or kw['pool_type'] != 'max'):
+        return None
+    return MaxPoolSlices(kw['kernel'], kw['stride'], kw['pad'], prefix=block.prefix)
+
+
 class _Converter:
-    def __init__(self, choose, ctx):
+    def __init__(self, choose, fast_pool, ctx):
         self.choose = choose
+        self.fast_pool = fast_pool
         self.ctx = ctx
-        self.pending = []   # [(parent, key, layer)] lookup layers whose kernel is still to pick
+        self.pending = []       # [parent, key, layer]: lookup layers whose kernel is to pick
+        self.pending_pools = []  # [parent, key, prev_key, alternative]: pools to pick
         self.choices = OrderedDict()  # lookup layer prefix -> {'choice': ...}
 
     def layer_block(self, layer, parent, key):
@@ -254,6 +304,7 @@ class _Converter:
         while i < len(children):
             child = children[i]
             key = str(len(new._children))
+            alternative = _slices_pool(child)
             if _is_conv_like(child):
                 layer = _Layer(child)
                 if i + 1 < len(children) and _can_fold_bn(layer, children[i + 1]):
@@ -263,27 +314,37 @@ class _Converter:
                     layer.act = 'relu'
                     i += 1
                 converted = self.layer_block(layer, new, key)
+            elif isinstance(child, nn.Dropout):
+                i += 1  # identity at inference
+                continue
+            elif alternative is not None and self.fast_pool is True:
+                converted = alternative
             else:
                 converted = self.convert(child, new, key)
+                if alternative is not None and self.fast_pool is None:
+                    prev_key = str(len(new._children) - 1) if new._children else None
+                    self.pending_pools.append([new, key, prev_key, alternative])
             new._children[key] = converted
             i += 1
 
 
-def _replace(parent, key, old, new):
+def _replace(parent, key, new):
+    old = parent._children[key]
     parent._children[key] = new
     for attr, value in list(parent.__dict__.items()):
         if value is old:
             parent.__dict__[attr] = new
 
 
-def _input_shapes(net, blocks, input_shape, ctx):
-    """Input shape of every block in ``blocks``, from one imperative forward pass of ``net``."""
+def _input_shapes(net, slots, input_shape, ctx):
+    """Input shape of the block in each (parent, key) slot, from one imperative forward pass."""
     shapes = {}
     handles = []
-    for block in blocks:
-        def hook(b, inputs, _id=id(block)):
-            shapes.setdefault(_id, tuple(inputs[0].shape))
-        handles.append(block.register_forward_pre_hook(hook))
+    for parent, key in slots:
+        def hook(b, inputs, _slot=(id(parent), key)):
+            shapes.setdefault(_slot, tuple(inputs[0].shape))
+        handles.append(parent._children[key].register_forward_pre_hook(hook))
+    net.hybridize(False)
     try:
         with mx.autograd.predict_mode():
             net(mx.nd.zeros(input_shape, ctx=ctx))
@@ -294,15 +355,19 @@ def _input_shapes(net, blocks, input_shape, ctx):
     return shapes
 
 
-def _time_block(block, shape, ctx, repeat, warmup):
+def _time_blocks(blocks, shape, ctx, repeat, warmup):
+    """Median seconds of ``blocks`` applied in sequence to a random input of ``shape``."""
     from .benchmark import time_block
+    seq = nn.HybridSequential(prefix='timing_')
+    seq.add(*blocks)
     x = mx.nd.random.uniform(-1, 1, shape=shape, ctx=ctx)
-    seconds = time_block(block, x, repeat=repeat, warmup=warmup)
-    block.hybridize(False)  # drop the timing graph; the whole net is hybridized later
+    seconds = time_block(seq, x, repeat=repeat, warmup=warmup)
+    seq.hybridize(False)  # drop the timing graphs; the caller hybridizes the whole net later
     return seconds
 
 
-def to_inference(net, input_shape=None, choose='auto', ctx=None, repeat=15, warmup=3):
+def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None, repeat=15,
+                 warmup=3):
     """Convert a trained net into an inference HybridBlock (the input net is left unchanged).
 
     Parameters
@@ -315,6 +380,10 @@ def to_inference(net, input_shape=None, choose='auto', ctx=None, repeat=15, warm
     choose : {'auto', 'sparse', 'dense'}
         Kernel for lookup layers: 'auto' measures the sparse op and a dense convolution with
         the effective weight once per layer and keeps the faster; 'sparse' / 'dense' force one.
+    fast_pool : bool or None
+        MaxPool2D (floor mode) as ``MaxPoolSlices``: True always, False never, None (default)
+        decides by timing the pool together with the layer before it in 'auto' mode and keeps
+        MaxPool2D otherwise.
     ctx : Context, optional
         Where the new parameters live; default the context of ``net``'s parameters.
     repeat, warmup : int
@@ -324,11 +393,15 @@ def to_inference(net, input_shape=None, choose='auto', ctx=None, repeat=15, warm
     -------
     Block
         A HybridBlock (for a HybridBlock input) computing the same function as ``net`` in
-        inference mode. ``result.kernel_choices`` maps each lookup layer's prefix to
-        {'choice', 'input_shape', 'sparse_s', 'dense_s'} (timings only in 'auto' mode).
+        inference mode (Dropout removed). ``result.kernel_choices`` maps each lookup layer's
+        prefix (and each timed pool's) to {'choice', 'input_shape', and in 'auto' mode the
+        seconds of both candidates}.
     """
     if choose not in _CHOICES:
         raise ValueError("to_inference: choose must be one of %s, got %r" % (_CHOICES, choose))
+    if fast_pool not in (None, True, False):
+        raise ValueError('to_inference: fast_pool must be None, True or False, got %r'
+                         % (fast_pool,))
     if not isinstance(net, Block):
         raise ValueError('to_inference: expected a gluon Block, got %s' % type(net).__name__)
     params = net.collect_params()
@@ -343,25 +416,44 @@ def to_inference(net, input_shape=None, choose='auto', ctx=None, repeat=15, warm
         raise ValueError("to_inference: choose='auto' needs input_shape to time each layer on "
                          "its real shape; pass input_shape or choose='sparse'/'dense'")
 
-    conv = _Converter(choose, ctx)
+    conv = _Converter(choose, fast_pool if choose == 'auto' else bool(fast_pool), ctx)
     root = conv.convert(net)
-    if conv.pending:
-        current = [p[0]._children[p[1]] if p[0] is not None else root for p in conv.pending]
-        shapes = _input_shapes(root, current, input_shape, ctx)
-        for (parent, key, layer), sparse_block in zip(conv.pending, current):
-            shape = shapes.get(id(sparse_block))
-            if shape is None:  # not reached by a forward pass: keep the sparse op
-                continue
-            dense_block = layer.build_dense(ctx)
-            t_sparse = _time_block(sparse_block, shape, ctx, repeat, warmup)
-            t_dense = _time_block(dense_block, shape, ctx, repeat, warmup)
-            pick = 'sparse' if t_sparse <= t_dense else 'dense'
-            conv.choices[layer.prefix] = {'choice': pick, 'input_shape': shape,
-                                          'sparse_s': t_sparse, 'dense_s': t_dense}
-            if pick == 'dense':
-                if parent is None:
-                    root = dense_block
-                else:
-                    _replace(parent, key, sparse_block, dense_block)
+    if conv.pending and conv.pending[0][0] is None:
+        # The net itself is a single lookup layer: time it as the child of a wrapper.
+        wrapper = nn.HybridSequential(prefix='')
+        wrapper.add(root)
+        conv.pending[0][:2] = [wrapper, '0']
+        root = wrapper
+    slots = [(p[0], p[1]) for p in conv.pending]
+    slots += [(p[0], p[2] if p[2] is not None else p[1]) for p in conv.pending_pools]
+    shapes = _input_shapes(root, slots, input_shape, ctx) if slots else {}
+    kw = dict(ctx=ctx, repeat=repeat, warmup=warmup)
+    for parent, key, layer in conv.pending:
+        shape = shapes.get((id(parent), key))
+        if shape is None:  # not reached by the forward pass: keep the sparse op
+            continue
+        sparse_block, dense_block = parent._children[key], layer.build_dense(ctx)
+        t_sparse = _time_blocks([sparse_block], shape, **kw)
+        t_dense = _time_blocks([dense_block], shape, **kw)
+        pick = 'sparse' if t_sparse <= t_dense else 'dense'
+        conv.choices[layer.prefix] = {'choice': pick, 'input_shape': shape,
+                                      'sparse_s': t_sparse, 'dense_s': t_dense}
+        if pick == 'dense':
+            _replace(parent, key, dense_block)
+    for parent, key, prev_key, alternative in conv.pending_pools:
+        # In context: the previous layer's output layout decides which pool is faster.
+        shape = shapes.get((id(parent), prev_key if prev_key is not None else key))
+        if shape is None:
+            continue
+        before = [parent._children[prev_key]] if prev_key is not None else []
+        t_pool = _time_blocks(before + [parent._children[key]], shape, **kw)
+        t_slices = _time_blocks(before + [alternative], shape, **kw)
+        pick = 'slices' if t_slices < t_pool else 'mkldnn'
+        conv.choices[alternative.prefix] = {'choice': pick, 'input_shape': shape,
+                                            'mkldnn_s': t_pool, 'slices_s': t_slices}
+        if pick == 'slices':
+            _replace(parent, key, alternative)
+    if len(root._children) == 1 and conv.pending and root is conv.pending[0][0]:
+        root = root._children['0']
     root.kernel_choices = conv.choices
     return root

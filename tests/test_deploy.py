@@ -225,12 +225,48 @@ def test_zoo_lcnn_models_match(name):
     ref = net(x)
     n_lookup = len(gluon_lcnn.nn.lookup_layers(net))
     for choose in ('sparse', 'dense'):
-        inf = deploy.to_inference(net, choose=choose)
+        inf = deploy.to_inference(net, choose=choose, fast_pool=choose == 'sparse')
         n_sparse = len(blocks_of(inf, (SparseLookupConv2D, SparseLookupDense)))
         assert n_sparse == (n_lookup if choose == 'sparse' else 0)
         assert not blocks_of(inf, nn.BatchNorm), '%s: a BatchNorm was not folded' % name
         inf.hybridize()
         assert rel_err(inf(x), ref) < RTOL, (name, choose)
+
+
+@pytest.mark.parametrize('pool', [(3, 2, 0), ((2, 3), (2, 1), 0), (3, 2, 1), ((3, 2), 1, (1, 0))])
+def test_max_pool_slices_equal_max_pool(pool):
+    size, stride, pad = pool
+    ref_pool = nn.MaxPool2D(size, stride, pad)
+    x = mx.nd.random.normal(shape=(2, 3, 13, 10))
+    fast = deploy.MaxPoolSlices(ref_pool._kwargs['kernel'], ref_pool._kwargs['stride'],
+                                ref_pool._kwargs['pad'])
+    np.testing.assert_array_equal(fast(x).asnumpy(), ref_pool(x).asnumpy())
+    fast.hybridize()
+    np.testing.assert_array_equal(fast(x).asnumpy(), ref_pool(x).asnumpy())
+
+
+def test_pools_dropout_and_a_single_layer_net():
+    net = nn.HybridSequential()
+    net.add(LookupConv2D(6, 3, dictionary_size=3), nn.BatchNorm(), nn.Activation('relu'),
+            nn.MaxPool2D(3, 2), nn.Dropout(0.5), nn.MaxPool2D(2, ceil_mode=True), nn.Dense(4))
+    x = mx.nd.random.normal(shape=(1, 3, 17, 16))
+    prepared(net, x, density=0.3)
+    ref = net(x)
+    inf = deploy.to_inference(net, choose='sparse', fast_pool=True)
+    kinds = [type(b) for b in inf._children.values()]
+    # ceil-mode pools stay MaxPool2D; Dropout (identity at inference) is gone.
+    assert kinds == [SparseLookupConv2D, deploy.MaxPoolSlices, nn.MaxPool2D, nn.Dense]
+    assert rel_err(inf(x), ref) < RTOL
+    inf = deploy.to_inference(net, input_shape=x.shape, repeat=2, warmup=1)
+    pool = inf.kernel_choices[net[3].prefix]
+    assert pool['choice'] in ('slices', 'mkldnn') and pool['input_shape'] == (1, 3, 17, 16)
+    assert type(inf[1]) is (deploy.MaxPoolSlices if pool['choice'] == 'slices' else nn.MaxPool2D)
+    assert rel_err(inf(x), ref) < RTOL
+    # A lone lookup layer converts to a lone inference block.
+    layer = net[0]
+    single = deploy.to_inference(layer, input_shape=x.shape, repeat=2, warmup=1)
+    assert type(single) in (SparseLookupConv2D, nn.Conv2D)
+    assert rel_err(single(x), layer(x)) < RTOL
 
 
 def test_bad_arguments_raise():
@@ -241,6 +277,8 @@ def test_bad_arguments_raise():
     prepared(net, x)
     with pytest.raises(ValueError, match='choose must be one of'):
         deploy.to_inference(net, choose='fastest')
+    with pytest.raises(ValueError, match='fast_pool'):
+        deploy.to_inference(net, choose='dense', fast_pool='yes')
     with pytest.raises(ValueError, match='needs input_shape'):
         deploy.to_inference(net)
     with pytest.raises(ValueError, match='gluon Block'):
