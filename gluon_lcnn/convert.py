@@ -36,7 +36,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
-from .nn.lookup import LookupConv2D, LookupDense, lookup_threshold
+from .nn.lookup import LookupConv2D, LookupDense
 
 __all__ = ['to_lcnn', 'fit_lookup']
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from mxnet.gluon import nn
 
-import gluon_lcnn
 from gluon_lcnn import to_lcnn
 from gluon_lcnn.convert import fit_lookup
 from gluon_lcnn.nn import LookupConv2D, LookupDense, lookup_layers
@@ -45,7 +44,7 @@ def test_gluoncv_resnet18_converts_and_runs():
     assert (first.kernel_size, first.strides, first.padding) == ((7, 7), (2, 2), (3, 3))
     assert isinstance(net.output, LookupDense) and net.output.dictionary_size == 8
     # Names keep the old prefix; attributes and _children agree.
-    assert 'resnetv10_conv0_dictionary' in net.collect_params()
+    assert net.prefix + 'conv0_dictionary' in net.collect_params()
     assert net._children['output'] is net.output
     net.initialize()
     x = mx.nd.random.uniform(shape=(1, 3, 32, 32))

@@ -2,7 +2,6 @@
 
 Budget: ~25 s on 2 cores (small inputs; the 224x224 nets only run shape-level forwards).
 """
-import os
 
 import mxnet as mx
 import numpy as np
@@ -25,6 +24,10 @@ def test_list_models_has_every_family_and_preset():
         assert family + '_lcnn' in names
         assert family + '_lcnn_fast' in names
         assert family + '_lcnn_accurate' in names
+    for name in ('resnet18_v1', 'resnet34_v1', 'resnet18_lcnn', 'resnet34_lcnn',
+                 'resnet18_lcnn_fast', 'resnet18_lcnn_accurate', 'vgg16', 'vgg16_lcnn',
+                 'jacintonet11', 'jacintonet11_lcnn'):
+        assert name in names
     assert names == sorted(names)
 
 
@@ -62,6 +65,26 @@ def test_alexnet_presets_use_published_dictionary_sizes():
     assert ALEXNET_PRESETS['fast'] == (3, 30, 30, 30, 30, 512, 512)
 
 
+def test_resnet18_presets_and_stage_sizes():
+    from gluon_lcnn.model_zoo.resnet import RESNET18_PRESETS
+    from gluon_lcnn.model_zoo import ASSUMED_DENSITIES
+    for preset in ('fast', 'accurate'):
+        net = gluon_lcnn.get_model('resnet18_lcnn_' + preset)
+        stem, s1, s2, s3, s4 = RESNET18_PRESETS[preset]
+        # stem, 4 convs per stage, plus a 1x1 shortcut in stages 2-4; the fc stays dense.
+        assert _lookup_sizes(net) == [stem] + [s1] * 4 + [s2] * 5 + [s3] * 5 + [s4] * 5
+        assert len(ASSUMED_DENSITIES['resnet18_lcnn_' + preset]) == 20
+        assert isinstance(net.output, mx.gluon.nn.Dense)
+
+
+def test_jacintonet_grouped_convs_stay_dense():
+    net = gluon_lcnn.get_model('jacintonet11_lcnn')
+    convs = [b for b in _blocks(net) if isinstance(b, (mx.gluon.nn.Conv2D, LookupConv2D))]
+    assert len(convs) == 10
+    assert [type(c).__name__ for c in convs] == ['LookupConv2D', 'Conv2D'] * 5
+    assert all(c._kwargs['num_group'] == 4 for c in convs if type(c).__name__ == 'Conv2D')
+
+
 def test_dense_and_lookup_variants_share_the_constructor():
     dense = gluon_lcnn.get_model('alexnet')
     assert not lookup_layers(dense)
@@ -69,8 +92,7 @@ def test_dense_and_lookup_variants_share_the_constructor():
     assert [c._channels for c in convs] == [64, 192, 384, 256, 256, 4096]
     lcnn = gluon_lcnn.get_model('alexnet_lcnn', dictionary_sizes=(None, 8, None, None, None,
                                                                   None, 16))
-    assert [type(b).__name__ for b in lookup_layers(lcnn).values()] == \
-        ['LookupConv2D', 'LookupDense']
+    assert [type(b) for b in lookup_layers(lcnn).values()] == [LookupConv2D, LookupDense]
 
 
 def test_lookup_kwargs_pass_through():
@@ -106,6 +128,11 @@ SMALL_CASES = [
     ('alexnet_lcnn_fast', (2, 1, 28, 28), dict(thumbnail=True, input_size=28, in_channels=1)),
     ('alexnet', (2, 3, 32, 32), dict(thumbnail=True, fc_units=256)),
     ('alexnet_lcnn_accurate', (2, 3, 32, 32), dict(thumbnail=True, fc_units=256)),
+    ('resnet18_lcnn_fast', (2, 1, 28, 28), dict(thumbnail=True, in_channels=1)),
+    ('resnet34_v1', (2, 3, 32, 32), dict(thumbnail=True)),
+    ('vgg16_lcnn', (2, 1, 28, 28), dict(thumbnail=True, input_size=28, in_channels=1,
+                                         fc_units=64)),
+    ('jacintonet11_lcnn', (2, 3, 32, 32), dict(thumbnail=True)),
 ]
 
 
@@ -129,7 +156,8 @@ def test_small_inputs_hybridize_and_export(name, shape, kwargs, tmp_path):
 
 
 def test_set_lookup_density_published_alexnet():
-    net = gluon_lcnn.get_model('alexnet_lcnn_fast')
+    # Thumbnail with narrow fc layers: the same 7 lookup layers without a 75 M-entry fc6.
+    net = gluon_lcnn.get_model('alexnet_lcnn_fast', thumbnail=True, fc_units=256, classes=10)
     net.initialize()
     got = set_lookup_density(net, 'alexnet_lcnn_fast', seed=1)
     report = density_report(net)
@@ -139,7 +167,8 @@ def test_set_lookup_density_published_alexnet():
     # The forward pass still runs with the sparse P (a lookup layer computes its effective W).
     layer = next(iter(lookup_layers(net).values()))
     w = layer.effective_weight().asnumpy()
-    assert w.shape == (64, 3, 11, 11)
+    assert w.shape == (64, 3, 5, 5)
+    assert net(mx.nd.ones((1, 3, 32, 32))).shape == (1, 10)
 
 
 def test_set_lookup_density_forms_and_errors():
