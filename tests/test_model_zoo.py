@@ -123,7 +123,7 @@ def _blocks(net):
 
 SMALL_CASES = [
     ('lenet', (2, 1, 28, 28), {}),
-    ('lenet_lcnn_fast', (2, 3, 32, 32), {}),
+    ('lenet_lcnn_fast', (2, 3, 32, 32), dict(thumbnail=True, in_channels=3)),
     ('lenet_lcnn_accurate', (2, 1, 28, 28), {}),
     ('alexnet_lcnn_fast', (2, 1, 28, 28), dict(thumbnail=True, input_size=28, in_channels=1)),
     ('alexnet', (2, 3, 32, 32), dict(thumbnail=True, fc_units=256)),

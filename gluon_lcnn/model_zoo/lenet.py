@@ -26,13 +26,18 @@ class LeNet(HybridBlock):
     classes : int, default 10
     in_channels : int, default 0
         Input channels (0 infers them: 1 for Fashion-MNIST, 3 for RGB).
+    thumbnail, input_size : ignored
+        Accepted for a uniform interface with the other families.
     dictionary_sizes : sequence of 3 (int or None), optional
         Per lookup-able layer (conv1, conv2, fc1): None keeps it dense.
     initial_sparsity, l1_lambda : float, optional
         Passed to every lookup layer.
     """
 
-    def __init__(self, classes=10, dictionary_sizes=None, in_channels=0, **kwargs):
+    def __init__(self, classes=10, dictionary_sizes=None, in_channels=0, thumbnail=True,
+                 input_size=None, **kwargs):
+        # thumbnail / input_size are accepted so every family takes the same small-input
+        # arguments; LeNet is small-input by design and infers its fc width.
         lk = split_lookup_kwargs(kwargs)
         super().__init__(**kwargs)
         d = sizes_tuple(dictionary_sizes, 3, 'LeNet')
