@@ -154,6 +154,58 @@ class _Layer:
         seq.add(block, nn.Activation(self.act))
         return seq
 
+    def covers_input(self, shape):
+        """True if this conv's kernel covers its whole unpadded input: it is an fc layer."""
+        return (self.kind == 'conv' and shape is not None and tuple(shape[2:]) == self.kernel
+                and self.padding == (0, 0) and self.dilation == (1, 1) and self.groups == 1)
+
+    def build_dense_fc(self, ctx):
+        """A covering conv as nn.Dense on the flattened input (weight (m, c*kh*kw))."""
+        self.ctx = ctx
+        weight = self.effective_weight()
+        fc = nn.Dense(weight.shape[0], in_units=int(np.prod(weight.shape[1:])),
+                      activation=self.act, use_bias=self.bias is not None,
+                      prefix=self.prefix + 'fc_')
+        fc.initialize(ctx=ctx)
+        fc.weight.set_data(self._f32(weight.reshape(weight.shape[0], -1)))
+        if self.bias is not None:
+            fc.bias.set_data(self._f32(self.bias))
+        return CoveringConv(None, fc, prefix=self.prefix)
+
+    def build_sparse_fc(self, ctx):
+        """A covering lookup conv as 1x1 dictionary conv + SparseLookupDense over (q, i, j)."""
+        from .nn import sparse
+        self.ctx = ctx
+        d, c = self.dictionary.shape[:2]
+        dictionary = nn.Conv2D(d, 1, in_channels=c, use_bias=False, prefix=self.prefix + 'dict_')
+        dictionary.initialize(ctx=ctx)
+        dictionary.weight.set_data(self._f32(self.dictionary.reshape(d, c, 1, 1)))
+        # S (N, d, kh, kw) flattens in (q, i, j) order, the order of P's columns below.
+        fc = sparse.SparseLookupDense(self._f32(self.lookup.reshape(self.lookup.shape[0], -1)),
+                                      bias=self._f32(self.bias), relu=self.act == 'relu',
+                                      prefix=self.prefix + 'fc_')
+        _initialize_missing(fc, ctx)
+        return CoveringConv(dictionary, fc, prefix=self.prefix)
+
+
+class CoveringConv(HybridBlock):
+    """A convolution whose kernel covers its whole unpadded input, run as a fully connected
+    layer: optional 1x1 ``dictionary`` conv, then ``fc`` on the flattened map, reshaped back to
+    (N, m, 1, 1). AlexNet's fc6 (6x6 kernel on a 6x6 map) is one; the sparse conv op is a poor
+    fit there (one output pixel per row), the sparse dense op is not.
+    """
+
+    def __init__(self, dictionary, fc, prefix=None):
+        super().__init__(prefix=prefix)
+        with self.name_scope():
+            self.dictionary = dictionary
+            self.fc = fc
+
+    def hybrid_forward(self, F, x):
+        if self.dictionary is not None:
+            x = self.dictionary(x)
+        return F.reshape(self.fc(x), shape=(0, 0, 1, 1))
+
 
 def _initialize_missing(block, ctx):
     """Initialize parameters (the sparse blocks' constants) that have no data yet."""
@@ -269,6 +321,9 @@ class _Converter:
     def layer_block(self, layer, parent, key):
         """Inference block for one folded layer; lookup layers in 'auto' mode are recorded."""
         if not layer.is_lookup:
+            if (self.choose == 'auto' and layer.kind == 'conv' and layer.padding == (0, 0)
+                    and layer.groups == 1 and layer.dilation == (1, 1)):
+                self.pending.append([parent, key, layer])  # may cover its input: fc form
             return layer.build_dense(self.ctx)
         if self.choose == 'dense':
             self.choices[layer.prefix] = {'choice': 'dense', 'input_shape': None}
@@ -340,11 +395,11 @@ def _input_shapes(net, slots, input_shape, ctx):
     """Input shape of the block in each (parent, key) slot, from one imperative forward pass."""
     shapes = {}
     handles = []
+    net.hybridize(False)
     for parent, key in slots:
         def hook(b, inputs, _slot=(id(parent), key)):
             shapes.setdefault(_slot, tuple(inputs[0].shape))
         handles.append(parent._children[key].register_forward_pre_hook(hook))
-    net.hybridize(False)
     try:
         with mx.autograd.predict_mode():
             net(mx.nd.zeros(input_shape, ctx=ctx))
@@ -380,6 +435,8 @@ def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None,
     choose : {'auto', 'sparse', 'dense'}
         Kernel for lookup layers: 'auto' measures the sparse op and a dense convolution with
         the effective weight once per layer and keeps the faster; 'sparse' / 'dense' force one.
+        A conv whose kernel covers its whole unpadded input (AlexNet's fc6) also gets its fully
+        connected form timed in 'auto' mode (``CoveringConv``; dense Conv2D layers too).
     fast_pool : bool or None
         MaxPool2D (floor mode) as ``MaxPoolSlices``: True always, False never, None (default)
         decides by timing the pool together with the layer before it in 'auto' mode and keeps
@@ -430,16 +487,25 @@ def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None,
     kw = dict(ctx=ctx, repeat=repeat, warmup=warmup)
     for parent, key, layer in conv.pending:
         shape = shapes.get((id(parent), key))
-        if shape is None:  # not reached by the forward pass: keep the sparse op
+        if shape is None:  # not reached by the forward pass: keep what is there
             continue
-        sparse_block, dense_block = parent._children[key], layer.build_dense(ctx)
-        t_sparse = _time_blocks([sparse_block], shape, **kw)
-        t_dense = _time_blocks([dense_block], shape, **kw)
-        pick = 'sparse' if t_sparse <= t_dense else 'dense'
-        conv.choices[layer.prefix] = {'choice': pick, 'input_shape': shape,
-                                      'sparse_s': t_sparse, 'dense_s': t_dense}
-        if pick == 'dense':
-            _replace(parent, key, dense_block)
+        current = parent._children[key]
+        candidates = OrderedDict([('sparse' if layer.is_lookup else 'dense', current)])
+        if layer.is_lookup:
+            candidates['dense'] = layer.build_dense(ctx)
+        if layer.covers_input(shape):
+            if layer.is_lookup and layer.act in (None, 'relu'):
+                candidates['sparse_fc'] = layer.build_sparse_fc(ctx)
+            candidates['dense_fc'] = layer.build_dense_fc(ctx)
+        if len(candidates) == 1:
+            continue
+        times = OrderedDict((name, _time_blocks([block], shape, **kw))
+                            for name, block in candidates.items())
+        pick = min(times, key=times.get)
+        conv.choices[layer.prefix] = dict([('choice', pick), ('input_shape', shape)] +
+                                          [(name + '_s', t) for name, t in times.items()])
+        if candidates[pick] is not current:
+            _replace(parent, key, candidates[pick])
     for parent, key, prev_key, alternative in conv.pending_pools:
         # In context: the previous layer's output layout decides which pool is faster.
         shape = shapes.get((id(parent), prev_key if prev_key is not None else key))

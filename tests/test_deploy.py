@@ -156,7 +156,7 @@ def test_auto_choice_is_measured_and_kept_in_the_graph(tmp_path):
     assert [v['input_shape'] for v in choices.values()] == [(1, 4, 7, 7), (1, 6, 7, 7)]
     for info in choices.values():
         assert info['sparse_s'] > 0 and info['dense_s'] > 0
-        assert info['choice'] == ('sparse' if info['sparse_s'] <= info['dense_s'] else 'dense')
+        assert info['choice'] == min(('sparse', 'dense'), key=lambda k: info[k + '_s'])
     assert len(blocks_of(inf, SparseLookupConv2D)) == sum(
         v['choice'] == 'sparse' for v in choices.values())
     assert rel_err(inf(x), ref) < RTOL
@@ -267,6 +267,32 @@ def test_pools_dropout_and_a_single_layer_net():
     single = deploy.to_inference(layer, input_shape=x.shape, repeat=2, warmup=1)
     assert type(single) in (SparseLookupConv2D, nn.Conv2D)
     assert rel_err(single(x), layer(x)) < RTOL
+
+
+def test_covering_conv_runs_as_fully_connected():
+    # AlexNet's fc6 pattern: the kernel covers the whole unpadded input map.
+    net = nn.HybridSequential()
+    net.add(LookupConv2D(8, (3, 2), dictionary_size=3, use_bias=False), nn.BatchNorm(),
+            nn.Activation('relu'), nn.Conv2D(5, 1), nn.Flatten(), nn.Dense(2))
+    x = mx.nd.random.normal(shape=(2, 4, 3, 2))
+    prepared(net, x, density=0.4)
+    head = net[:3]
+    layer = deploy._Layer(net[0])
+    layer.fold_batchnorm(net[1])
+    layer.act = 'relu'
+    for block in (layer.build_sparse_fc(mx.cpu()), layer.build_dense_fc(mx.cpu())):
+        assert isinstance(block, deploy.CoveringConv)
+        assert block(x).shape == (2, 8, 1, 1) and rel_err(block(x), head(x)) < RTOL
+        block.hybridize()
+        assert rel_err(block(x), head(x)) < RTOL
+    inf = deploy.to_inference(net, input_shape=x.shape, repeat=2, warmup=1)
+    info = inf.kernel_choices[net[0].prefix]
+    assert set(info) >= {'sparse_s', 'dense_s', 'sparse_fc_s', 'dense_fc_s'}
+    assert info['choice'] == min(('sparse', 'dense', 'sparse_fc', 'dense_fc'),
+                                 key=lambda k: info[k + '_s'])
+    # The 1x1 Conv2D on a 1x1 map covers its input too: timed as conv and as fc.
+    assert set(inf.kernel_choices[net[3].prefix]) >= {'dense_s', 'dense_fc_s'}
+    assert rel_err(inf(x), net(x)) < RTOL
 
 
 def test_bad_arguments_raise():
