@@ -1,0 +1,219 @@
+"""Package a trained gluon-lcnn classifier as an MXNet Model Server archive (.mar).
+
+``python -m gluon_lcnn archive --model NAME --params FILE --out DIR [--classes-file FILE]
+[--input-shape 1,28,28] [--mean 0.286 --std 0.353]`` rebuilds the zoo model, loads the
+trained parameters, converts it with ``gluon_lcnn.deploy.to_inference`` (BN folded, lookup
+layers running the sparse C++ operator), exports symbol + params and packs them with the op
+library, ``signature.json``, ``synset.txt`` and the handler ``deploy/mms/lcnn_service.py``
+using model-archiver. ``export_archive(net, ...)`` does the same for a net you already hold.
+"""
+import argparse
+import glob
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import mxnet as mx
+
+__all__ = ['HANDLER_PATH', 'load_handler', 'op_library_path', 'inference_net',
+           'export_archive', 'add_arguments', 'run']
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HANDLER_PATH = os.path.join(_ROOT, 'deploy', 'mms', 'lcnn_service.py')
+HANDLER_ENTRY = 'lcnn_service:handle'
+
+
+def load_handler():
+    """The MMS handler module (deploy/mms/lcnn_service.py), imported from its file.
+
+    Archive and ``predict`` share its preprocessing and signature code, so what runs in the
+    server and in-process is the same code.
+    """
+    name = 'gluon_lcnn._lcnn_service'
+    if name in sys.modules:
+        return sys.modules[name]
+    if not os.path.isfile(HANDLER_PATH):
+        raise FileNotFoundError('MMS handler not found at %s: gluon_lcnn must run from a source '
+                                'checkout (pip install -e .) that has deploy/mms/' % HANDLER_PATH)
+    spec = importlib.util.spec_from_file_location(name, HANDLER_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def op_library_path():
+    """Path of the built sparse-op library (liblcnn_ops.so), or None if it is not built."""
+    try:
+        from . import ops
+    except ImportError:
+        return None
+    for attr in ('library_path', 'LIBRARY_PATH', 'LIB_PATH'):
+        value = getattr(ops, attr, None)
+        value = value() if callable(value) else value
+        if value and os.path.isfile(value):
+            return os.path.abspath(value)
+    found = sorted(glob.glob(os.path.join(_ROOT, 'gluon_lcnn', 'ops', '*.so')))
+    return found[0] if found else None
+
+
+def inference_net(net, input_shape):
+    """``deploy.to_inference(net, input_shape=(1,) + input_shape)`` (the hybridized net as is
+    when the deploy module is not available)."""
+    try:
+        from .deploy import to_inference
+    except ImportError:
+        return net
+    return to_inference(net, input_shape=(1,) + tuple(input_shape))
+
+
+def export_archive(net, out_dir, model_name, input_shape, classes=None, mean=None, std=None,
+                   resize=None, top_k=5, max_pixels=None, inference=True, force=True):
+    """Write ``out_dir/model_name.mar`` serving ``net`` and return its path.
+
+    Parameters
+    ----------
+    net : HybridBlock
+        A trained classifier (parameters initialised) returning logits.
+    out_dir : str
+    model_name : str
+        Name of the archive and of the model in MMS (letters, digits, '_', '-', '.').
+    input_shape : (C, H, W)
+        C is 1 (gray) or 3 (RGB).
+    classes : list of str, optional
+        Class names in output order (default: the output index).
+    mean, std : float or list of float, optional
+        Per-channel normalisation in [0, 1] pixel units (default 0 and 1).
+    resize : int, optional
+        Resize the shorter image side to this and centre-crop; default: resize to (H, W).
+    top_k : int, default 5
+    max_pixels : int, optional
+        Larger images are refused with HTTP 413 (default: the handler's 25 megapixels).
+    inference : bool, default True
+        Convert with ``deploy.to_inference`` first; False exports ``net`` as it is.
+    force : bool, default True
+        Overwrite an existing archive.
+    """
+    handler = load_handler()
+    input_shape = tuple(int(v) for v in input_shape)
+    lib = op_library_path()
+    sig_kwargs = {} if max_pixels is None else {'max_pixels': max_pixels}
+    signature = handler.make_signature(
+        input_shape, mean=mean, std=std, resize=resize, top_k=top_k,
+        op_library=os.path.basename(lib) if lib else None, **sig_kwargs)
+    # One forward pass finishes deferred initialisation and checks the input shape early.
+    net(mx.nd.zeros((1,) + input_shape))
+    model = inference_net(net, input_shape) if inference else net
+    model.hybridize()
+    out = model(mx.nd.zeros((1,) + input_shape))
+    num_outputs = out.size
+    if classes is not None and len(classes) != num_outputs:
+        raise ValueError('%d class names given but the model has %d outputs'
+                         % (len(classes), num_outputs))
+    os.makedirs(out_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix='lcnn_mar_')
+    try:
+        model.export(os.path.join(staging, 'model'))   # model-symbol.json, model-0000.params
+        if lib:
+            shutil.copy(lib, staging)
+        shutil.copy(HANDLER_PATH, staging)
+        with open(os.path.join(staging, handler.SIGNATURE_FILE), 'w') as f:
+            json.dump(signature, f, indent=2)
+        names = list(classes) if classes is not None else [str(i) for i in range(num_outputs)]
+        with open(os.path.join(staging, handler.SYNSET_FILE), 'w') as f:
+            f.write('\n'.join(names) + '\n')
+        cmd = [sys.executable, '-m', 'model_archiver.model_packaging',
+               '--model-name', model_name, '--model-path', staging, '--handler', HANDLER_ENTRY,
+               '--export-path', os.path.abspath(out_dir)] + (['--force'] if force else [])
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True, timeout=300)
+        mar = os.path.join(os.path.abspath(out_dir), model_name + '.mar')
+        if proc.returncode != 0 or not os.path.isfile(mar):
+            raise RuntimeError('model-archiver failed (exit %d): %s'
+                               % (proc.returncode, proc.stdout.strip()))
+        return mar
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- CLI
+def _floats(text):
+    try:
+        return [float(v) for v in text.split(',')]
+    except ValueError:
+        raise argparse.ArgumentTypeError('expected comma-separated numbers, got %r' % text)
+
+
+def _shape(text):
+    """'1,28,28' (C,H,W) or '1,1,28,28' (N,C,H,W, N ignored) -> (C, H, W)."""
+    from .flops import parse_shape
+    shape = parse_shape(text)
+    if len(shape) not in (3, 4):
+        raise argparse.ArgumentTypeError('expected C,H,W (e.g. 1,28,28), got %r' % text)
+    return shape[-3:]
+
+
+def read_classes(path):
+    """Class names, one per line (blank lines ignored)."""
+    with open(path) as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise ValueError('classes file %s has no names' % path)
+    return names
+
+
+def add_arguments(parser):
+    """Options of ``python -m gluon_lcnn archive``."""
+    from .flops import add_model_arguments
+    add_model_arguments(parser)   # --model, --classes, --arg KEY=VALUE as in `export`
+    parser.add_argument('--params', required=True, help='trained parameters (save_parameters)')
+    parser.add_argument('--out', required=True, help='directory for the .mar')
+    parser.add_argument('--name', help='archive / MMS model name (default: --model)')
+    parser.add_argument('--classes-file', help='class names, one per line, in output order')
+    parser.add_argument('--input-shape', type=_shape,
+                        help='C,H,W of one image (default from the model: 1,28,28 for LeNet, '
+                             '3,224,224 or 3,32,32 with thumbnail)')
+    parser.add_argument('--mean', type=_floats, help='per-channel mean in [0, 1] units, a,b,c')
+    parser.add_argument('--std', type=_floats, help='per-channel std in [0, 1] units, a,b,c')
+    parser.add_argument('--resize', type=int,
+                        help='resize the shorter side to this, then centre-crop to H,W '
+                             '(default: resize straight to H,W)')
+    parser.add_argument('--top-k', type=int, default=5)
+    parser.add_argument('--max-pixels', type=int, help='refuse larger images with HTTP 413 '
+                        '(default 25 megapixels)')
+    parser.add_argument('--no-inference', action='store_true',
+                        help='export the trained net as is, without deploy.to_inference')
+    return parser
+
+
+def run(args):
+    """Build the archive described by parsed ``args``; prints and returns 0."""
+    from .export import default_input_shape
+    from .flops import parse_kwargs
+    from .model_zoo import get_model
+    if not os.path.isfile(args.params):
+        raise FileNotFoundError('archive: no parameter file at %s' % args.params)
+    classes = read_classes(args.classes_file) if args.classes_file else None
+    kwargs = parse_kwargs(args.arg)
+    num = args.classes or (len(classes) if classes else None)
+    if num:
+        kwargs['classes'] = num
+    net = get_model(args.model, **kwargs)
+    net.load_parameters(args.params, ctx=mx.cpu())
+    shape = args.input_shape or default_input_shape(args.model.lower(), **kwargs)[1:]
+    mar = export_archive(net, args.out, args.name or args.model.lower(), shape,
+                         classes=classes, mean=args.mean, std=args.std, resize=args.resize,
+                         top_k=args.top_k, max_pixels=args.max_pixels,
+                         inference=not args.no_inference)
+    print(mar)
+    return 0
+
+
+if __name__ == '__main__':
+    p = add_arguments(argparse.ArgumentParser(prog='python -m gluon_lcnn.archive',
+                                              description=__doc__.split('\n')[0]))
+    sys.exit(run(p.parse_args()))

@@ -1,0 +1,402 @@
+"""Serving with MXNet Model Server: archive, real server on 127.0.0.1, handler, predict CLI.
+
+A LeNet-LCNN is trained briefly on real Fashion-MNIST in the fixture and archived with the CLI
+(``python -m gluon_lcnn archive``); an RGB LeNet-LCNN is archived with ``export_archive``. One
+MMS process (free ports, logs/pid/tmp files inside a tmp dir) serves both for the module and is
+stopped by the fixture finalizer whatever happens. Budget: ~60-90 s on 2 cores.
+"""
+import concurrent.futures
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+
+import cv2
+import mxnet as mx
+import numpy as np
+import pytest
+import requests
+
+import gluon_lcnn
+from gluon_lcnn import archive, deploy
+from gluon_lcnn.__main__ import main as cli
+from gluon_lcnn.data import fashion_mnist
+
+HOST = '127.0.0.1'
+N_TEST = 48          # Fashion-MNIST test images sent to the server
+TRAIN_STEPS = 300
+handler = archive.load_handler()
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope='module')
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp('mms')
+
+
+@pytest.fixture(scope='module')
+def fashion(work):
+    """Briefly trained 28x28 gray LeNet-LCNN, its archive (via the CLI) and reference outputs."""
+    mx.random.seed(0)
+    np.random.seed(0)
+    x, y = fashion_mnist.load_fashion_mnist(train=True)
+    net = gluon_lcnn.get_model('lenet_lcnn_fast', classes=10)
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    trainer = mx.gluon.Trainer(net.collect_params(), 'adam', {'learning_rate': 2e-3})
+    loss_fn = mx.gluon.loss.SoftmaxCrossEntropyLoss()
+    batch = 64
+    for step in range(TRAIN_STEPS):
+        idx = np.random.randint(0, len(x), batch)
+        with mx.autograd.record():
+            loss = loss_fn(net(mx.nd.array(x[idx])), mx.nd.array(y[idx]))
+        loss.backward()
+        trainer.step(batch)
+    params = str(work / 'lenet.params')
+    net.save_parameters(params)
+    classes_file = work / 'classes.txt'
+    classes_file.write_text('\n'.join(fashion_mnist.CLASSES) + '\n')
+
+    store = work / 'store'
+    rc = cli(['archive', '--model', 'lenet_lcnn_fast', '--params', params, '--out', str(store),
+              '--name', 'fashion', '--classes-file', str(classes_file),
+              '--input-shape', '1,28,28', '--mean', str(fashion_mnist.MEAN),
+              '--std', str(fashion_mnist.STD), '--top-k', '3'])
+    assert rc == 0
+
+    # Reference: deploy.to_inference in this process on the same images, normalised by hand.
+    tx, ty = fashion_mnist.load_fashion_mnist(train=False, normalize=False)
+    pixels = np.round(tx[:N_TEST, 0] * 255).astype(np.uint8)
+    pngs = [cv2.imencode('.png', p)[1].tobytes() for p in pixels]
+    inf = deploy.to_inference(net, input_shape=(1, 1, 28, 28))
+    ref_in = (pixels[:, None].astype(np.float32) / 255 - fashion_mnist.MEAN) / fashion_mnist.STD
+    probs = mx.nd.softmax(inf(mx.nd.array(ref_in))).asnumpy()
+    return {'mar': str(store / 'fashion.mar'), 'pngs': pngs, 'labels': ty[:N_TEST],
+            'probs': probs, 'classes': list(fashion_mnist.CLASSES), 'net': net, 'params': params}
+
+
+@pytest.fixture(scope='module')
+def rgb(work):
+    """An RGB LeNet-LCNN (3x28x28, resize 32 + centre crop) archived with export_archive."""
+    mx.random.seed(1)
+    net = gluon_lcnn.get_model('lenet_lcnn_fast', classes=6, in_channels=3)
+    net.initialize(mx.init.Xavier())
+    classes = ['cat', 'dog', 'person', 'car', 'tree', 'ship']
+    mar = archive.export_archive(net, str(work / 'store'), 'rgb', (3, 28, 28), classes=classes,
+                                 mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225],
+                                 resize=32, top_k=4)
+    import matplotlib.cbook
+    with matplotlib.cbook.get_sample_data('grace_hopper.jpg', asfileobj=True) as f:
+        photo = f.read()
+    return {'mar': mar, 'photo': photo, 'classes': classes, 'net': net}
+
+
+def _free_port(taken=()):
+    """A free port below 32767: MMS 1.1.11 refuses larger ones, so bind(0) will not do."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32700)
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError('no free port found in 20000-32700')
+
+
+def _wait(predicate, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if predicate():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError('timed out after %ds waiting for %s' % (timeout, what))
+
+
+def _session():
+    session = requests.Session()
+    session.trust_env = False   # never route 127.0.0.1 through a proxy
+    return session
+
+
+class Server(object):
+    def __init__(self, root, inference, management):
+        self.root, self.url, self.mgmt = root, inference, management
+        self.http = _session()
+
+    def predict(self, model, body, session=None, **kw):
+        return (session or self.http).post('%s/predictions/%s' % (self.url, model), data=body,
+                                           timeout=60, **kw)
+
+    def healthy(self):
+        r = self.http.get(self.url + '/ping', timeout=5)
+        return r.status_code == 200 and r.json().get('status') == 'Healthy'
+
+    def log(self, name='mms_log.log'):   # the workers' stdout lands here
+        path = os.path.join(self.root, 'logs', name)
+        return open(path).read() if os.path.isfile(path) else ''
+
+
+@pytest.fixture(scope='module')
+def server(work, fashion, rgb):
+    """A real MMS on free 127.0.0.1 ports serving both archives; always stopped afterwards."""
+    root = work / 'server'
+    (root / 'logs').mkdir(parents=True)
+    ports = (_free_port(),)
+    ports += (_free_port(ports),)
+    inference, management = ['http://%s:%d' % (HOST, p) for p in ports]
+    config = root / 'config.properties'
+    config.write_text('\n'.join([
+        'inference_address=' + inference,
+        'management_address=' + management,
+        'model_store=' + str(work / 'store'),
+        'default_workers_per_model=1',
+        # Image bodies stay bytes even when a client claims JSON (MMS would json.loads them).
+        'decode_input_request=false',
+        'default_response_timeout=60',
+        # Small heap, and no hsperfdata files in /tmp.
+        'vmargs=-Xmx384m -XX:-UsePerfData -XX:+UseSerialGC',
+    ]) + '\n')
+    env = dict(os.environ, TMPDIR=str(root), TEMP=str(root), LOG_LOCATION=str(root / 'logs'),
+               METRICS_LOCATION=str(root / 'logs'), OMP_NUM_THREADS='1')
+    # The venv's launcher: it starts Java with `--python <this python>` for the workers.
+    mms = os.path.join(os.path.dirname(sys.executable), 'multi-model-server')
+    assert os.path.isfile(mms), 'multi-model-server not installed next to %s' % sys.executable
+    out = open(str(root / 'server.out'), 'w')
+    proc = subprocess.Popen([mms, '--start', '--foreground', '--mms-config', str(config)],
+                            cwd=str(root), env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)   # own process group: workers die with it
+    srv = Server(str(root), inference, management)
+    try:
+        _wait(lambda: proc.poll() is not None or srv.healthy(), 90, 'MMS /ping')
+        assert proc.poll() is None, 'MMS exited: %s' % open(str(root / 'server.out')).read()
+        for name, batch in (('fashion', 8), ('rgb', 1)):
+            r = srv.http.post(management + '/models', timeout=120, params={
+                'url': name + '.mar', 'model_name': name, 'batch_size': batch,
+                'max_batch_delay': 50, 'initial_workers': 1, 'synchronous': 'true'})
+            assert r.status_code == 200, (r.status_code, r.text, srv.log())
+        yield srv
+    finally:
+        try:
+            subprocess.run([mms, '--stop'], cwd=str(root), env=env, timeout=30,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            pass
+        for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                continue
+        out.close()
+        if proc.poll() is None:
+            proc.kill()
+        print('--- MMS log tail ---\n' + srv.log()[-5000:])
+
+
+# --------------------------------------------------------------------------- handler, no server
+def test_image_size_reads_png_and_jpeg_headers():
+    img = np.zeros((37, 53, 3), np.uint8)
+    assert handler.image_size(cv2.imencode('.png', img)[1].tobytes()) == ('png', 53, 37)
+    assert handler.image_size(cv2.imencode('.jpg', img)[1].tobytes()) == ('jpeg', 53, 37)
+    progressive = cv2.imencode('.jpg', img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert handler.image_size(progressive) == ('jpeg', 53, 37)
+    for bad, code in ((b'GIF89a....', 415), (b'\x89PNG\r\n\x1a\n\x00', 400),
+                      (b'\xff\xd8\xff\xe0\x00\x10JFIF', 400)):
+        with pytest.raises(handler.RequestError) as e:
+            handler.image_size(bad)
+        assert e.value.status == code
+
+
+def test_preprocess_matches_manual_pipeline(rgb):
+    """Handler preprocessing = OpenCV decode, RGB, shorter side 32, centre crop, normalise."""
+    sig = handler.make_signature((3, 28, 28), mean=[0.485, 0.456, 0.406],
+                                 std=[0.229, 0.224, 0.225], resize=32)
+    got = handler.preprocess(rgb['photo'], sig)
+    img = cv2.cvtColor(cv2.imdecode(np.frombuffer(rgb['photo'], np.uint8), 1), cv2.COLOR_BGR2RGB)
+    h, w = img.shape[:2]
+    scale = 32.0 / min(h, w)
+    nw, nh = int(round(w * scale)), int(round(h * scale))
+    img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+    top, left = (nh - 28) // 2, (nw - 28) // 2
+    img = img[top:top + 28, left:left + 28].astype(np.float32) / 255
+    want = ((img - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)
+    assert got.shape == (3, 28, 28)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_make_signature_validates():
+    with pytest.raises(ValueError, match='channels'):
+        handler.make_signature((2, 28, 28))
+    with pytest.raises(ValueError, match='mean'):
+        handler.make_signature((3, 28, 28), mean=[0.1, 0.2])
+    with pytest.raises(ValueError, match='std'):
+        handler.make_signature((1, 28, 28), std=0)
+    with pytest.raises(ValueError, match='resize'):
+        handler.make_signature((3, 224, 224), resize=100)
+
+
+def test_archive_contents(fashion):
+    with zipfile.ZipFile(fashion['mar']) as z:
+        names = set(z.namelist())
+        sig = json.loads(z.read('signature.json'))
+        manifest = json.loads(z.read('MAR-INF/MANIFEST.json'))
+        synset = z.read('synset.txt').decode().split('\n')
+        symbol = json.loads(z.read('model-symbol.json'))
+    assert {'model-symbol.json', 'model-0000.params', 'lcnn_service.py',
+            'liblcnn_ops.so'} <= names
+    assert manifest['model']['handler'] == 'lcnn_service:handle'
+    assert sig['data_shape'] == [0, 1, 28, 28] and sig['input_name'] == 'data'
+    assert sig['mean'] == [pytest.approx(fashion_mnist.MEAN)]
+    assert sig['op_library'] == 'liblcnn_ops.so' and sig['top_k'] == 3
+    assert synset[:10] == fashion['classes']
+    # The inference symbol (BN folded, no training-only custom op).
+    ops = {n['op'] for n in symbol['nodes']}
+    assert 'BatchNorm' not in ops and 'Custom' not in ops
+
+
+def test_archive_cli_errors(work, capsys):
+    assert cli(['archive', '--model', 'lenet_lcnn_fast', '--params', str(work / 'missing'),
+                '--out', str(work / 'x')]) == 1
+    assert 'no parameter file' in capsys.readouterr().err
+
+
+def test_predict_cli_matches_in_process_reference(fashion, work, capsys):
+    paths = []
+    for i, png in enumerate(fashion['pngs'][:8]):
+        paths.append(str(work / ('fm%d.png' % i)))
+        open(paths[-1], 'wb').write(png)
+    garbage = str(work / 'garbage.png')
+    open(garbage, 'wb').write(b'not an image at all')
+    assert cli(['predict', '--model-dir', fashion['mar']] + paths + [garbage]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[-1]['code'] == 415 and 'JPEG or PNG' in lines[-1]['error']
+    want = [fashion['classes'][k] for k in fashion['probs'][:8].argmax(1)]
+    assert [line['predictions'][0]['class'] for line in lines[:8]] == want
+    # Loose exported files (--symbol/--params) give the same answers.
+    unpacked = work / 'unpacked'
+    with zipfile.ZipFile(fashion['mar']) as z:
+        z.extractall(str(unpacked))
+    assert cli(['predict', '--symbol', str(unpacked / 'model-symbol.json'),
+                '--params', str(unpacked / 'model-0000.params'), '--input-shape', '1,28,28',
+                '--mean', str(fashion_mnist.MEAN), '--std', str(fashion_mnist.STD),
+                '--classes-file', str(unpacked / 'synset.txt'), '--top-k', '1'] + paths) == 0
+    loose = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line['predictions'][0]['class'] for line in loose] == want
+    assert all(len(line['predictions']) == 1 for line in loose)
+
+
+# --------------------------------------------------------------------------- real server
+def test_server_fashion_mnist_matches_to_inference(server, fashion):
+    correct = 0
+    for png, ref, label in zip(fashion['pngs'], fashion['probs'], fashion['labels']):
+        r = server.predict('fashion', png)
+        assert r.status_code == 200, r.text
+        assert r.headers['content-type'].startswith('application/json')
+        top = r.json()
+        assert len(top) == 3
+        assert top[0]['class'] == fashion['classes'][int(ref.argmax())]
+        for entry in top:
+            k = fashion['classes'].index(entry['class'])
+            assert entry['probability'] == pytest.approx(float(ref[k]), abs=1e-4)
+        correct += top[0]['class'] == fashion['classes'][int(label)]
+    # Trained for a few hundred steps: clearly better than chance (10%).
+    assert correct / float(len(fashion['pngs'])) > 0.5
+
+
+def test_server_rgb_photo(server, rgb, work):
+    r = server.predict('rgb', rgb['photo'], headers={'Content-Type': 'image/jpeg'})
+    assert r.status_code == 200, r.text
+    top = r.json()
+    assert [sorted(e) for e in top] == [['class', 'probability']] * 4
+    probs = [e['probability'] for e in top]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    assert {e['class'] for e in top} <= set(rgb['classes'])
+    # Multipart upload works too, and the answer equals the in-process handler's.
+    r2 = server.http.post(server.url + '/predictions/rgb', timeout=60,
+                          files={'data': ('hopper.jpg', rgb['photo'], 'image/jpeg')})
+    assert r2.status_code == 200 and r2.json() == top
+    from gluon_lcnn.predict import load_classifier
+    local = load_classifier(model_dir=rgb['mar']).classify([rgb['photo']])[0]
+    assert [e['class'] for e in local] == [e['class'] for e in top]
+    np.testing.assert_allclose([e['probability'] for e in local], probs, atol=1e-5)
+
+
+def test_server_bad_inputs_get_4xx_and_worker_survives(server, fashion):
+    big = cv2.imencode('.png', np.zeros((6000, 6000), np.uint8))[1].tobytes()   # 36 MPixel
+    cases = [
+        (b'', {}, 400),
+        (b'this is not an image', {}, 415),
+        (b'{"broken json', {'Content-Type': 'application/json'}, 415),
+        (fashion['pngs'][0][:60], {}, 400),        # truncated PNG
+        (b'\xff\xd8\xff\xe0' + os.urandom(500), {}, 400),   # JPEG magic, garbage after
+        (big, {}, 413),
+    ]
+    for body, headers, code in cases:
+        r = server.predict('fashion', body, headers=headers)
+        assert r.status_code == code, (code, r.status_code, r.text)
+        err = r.json()
+        assert err['code'] == code and err['error']
+        assert server.healthy()
+    r = server.predict('fashion', fashion['pngs'][0])
+    assert r.status_code == 200 and r.json()[0]['class']
+
+
+def test_server_mixed_batch_per_request_status(server, fashion):
+    """Good and bad requests arriving together (one MMS batch) each get their own status."""
+    bodies = [fashion['pngs'][i] if i % 2 else b'garbage %d' % i for i in range(16)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda b: server.predict('fashion', b, session=_session()),
+                                bodies))
+    for i, r in enumerate(results):
+        if i % 2:
+            assert r.status_code == 200, r.text
+            assert r.json()[0]['class'] == fashion['classes'][int(fashion['probs'][i].argmax())]
+        else:
+            assert r.status_code == 415, r.text
+    assert server.healthy()
+
+
+def test_server_concurrent_clients(server, fashion):
+    """8 clients x 50 requests: zero errors, every answer right, and MMS batched requests."""
+    n_clients, n_requests = 8, 50
+    expected = [fashion['classes'][int(k)] for k in fashion['probs'].argmax(1)]
+
+    def client(seed):
+        session = _session()
+        errors = []
+        for j in range(n_requests):
+            i = (seed * n_requests + j) % len(fashion['pngs'])
+            try:
+                r = server.predict('fashion', fashion['pngs'][i], session=session)
+                if r.status_code != 200 or r.json()[0]['class'] != expected[i]:
+                    errors.append((i, r.status_code, r.text[:200]))
+            except requests.RequestException as e:
+                errors.append((i, 'exception', repr(e)))
+        return errors
+
+    t = time.time()
+    with concurrent.futures.ThreadPoolExecutor(n_clients) as pool:
+        errors = sum(pool.map(client, range(n_clients)), [])
+    elapsed = time.time() - t
+    assert errors == [], errors[:5]
+    print('%d requests in %.1fs (%.0f req/s)' % (n_clients * n_requests, elapsed,
+                                                 n_clients * n_requests / elapsed))
+    sizes = [int(line.split('batch of ')[1].split()[0])
+             for line in server.log().splitlines() if 'batch of ' in line]
+    assert sizes and max(sizes) > 1, 'MMS never sent a batch of more than one request'
+    assert server.healthy()
