@@ -19,11 +19,24 @@ __all__ = ['time_call', 'time_block', 'compare_layer', 'compare_models', 'layer_
            'dense_twin_name', 'markdown_table', 'add_arguments', 'run', 'run_in_subprocess']
 
 
-def time_call(fn, repeat=30, warmup=5, max_seconds=None):
+_FLUSH = {}
+
+
+def flush_cache(megabytes=64):
+    """Write a buffer larger than the last-level cache, evicting weights and activations."""
+    buf = _FLUSH.get(megabytes)
+    if buf is None:
+        buf = _FLUSH[megabytes] = np.zeros(megabytes << 18, dtype=np.float32)
+    buf += 1.0
+
+
+def time_call(fn, repeat=30, warmup=5, max_seconds=None, cold=False):
     """Median wall time (seconds) of ``fn()``, which must block until its work is done.
 
     ``warmup`` untimed calls first; then ``repeat`` timed calls, stopping early (after at least
-    3) once ``max_seconds`` of timed runs have passed.
+    3) once ``max_seconds`` of timed runs have passed. ``cold`` flushes the cache (untimed)
+    before every timed call: a layer timed alone then pays for fetching its weights from memory
+    as it does inside a whole network whose weights exceed the cache.
     """
     if repeat < 1:
         raise ValueError('time_call: repeat must be >= 1, got %r' % repeat)
@@ -32,6 +45,8 @@ def time_call(fn, repeat=30, warmup=5, max_seconds=None):
     times = []
     start = time.perf_counter()
     for _ in range(repeat):
+        if cold:
+            flush_cache()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -48,7 +63,7 @@ def _wait(out):
         out.wait_to_read()
 
 
-def time_block(block, x, repeat=30, warmup=5, max_seconds=None, hybridize=True):
+def time_block(block, x, repeat=30, warmup=5, max_seconds=None, hybridize=True, cold=False):
     """Median seconds of one inference forward ``block(x)`` (hybridized with static memory)."""
     if hybridize and hasattr(block, 'hybridize'):
         block.hybridize(static_alloc=True, static_shape=True)
@@ -56,7 +71,7 @@ def time_block(block, x, repeat=30, warmup=5, max_seconds=None, hybridize=True):
     def once():
         with mx.autograd.predict_mode():
             _wait(block(x))
-    return time_call(once, repeat=repeat, warmup=warmup, max_seconds=max_seconds)
+    return time_call(once, repeat=repeat, warmup=warmup, max_seconds=max_seconds, cold=cold)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,8 +304,9 @@ def _leaves(block):
 def layer_breakdown(net, input_shape, repeat=20, warmup=3, max_seconds=2.0):
     """Per-layer median times of an inference net: each leaf block alone on its real input.
 
-    Returns a list of OrderedDicts (layer, type, input shape, ms); the elementwise work between
-    leaves (e.g. residual additions) is not included, so the sum is a little below the total.
+    Returns a list of OrderedDicts (layer, type, input shape, ms with a warm cache, cold_ms
+    after flushing the cache: what a layer costs inside a net whose weights exceed the cache).
+    Elementwise work between leaves (e.g. residual additions) is not included.
     """
     leaves = _leaves(net)
     shapes = {}
@@ -312,9 +328,11 @@ def layer_breakdown(net, input_shape, repeat=20, warmup=3, max_seconds=2.0):
             continue
         x = mx.nd.random.uniform(-1, 1, shape=shape)
         seconds = time_block(leaf, x, repeat=repeat, warmup=warmup, max_seconds=max_seconds)
+        cold = time_block(leaf, x, repeat=repeat, warmup=0, max_seconds=max_seconds, cold=True)
         leaf.hybridize(False)
         rows.append(OrderedDict([('layer', leaf.name), ('type', type(leaf).__name__),
-                                 ('input', 'x'.join(map(str, shape))), ('ms', seconds * 1e3)]))
+                                 ('input', 'x'.join(map(str, shape))), ('ms', seconds * 1e3),
+                                 ('cold_ms', cold * 1e3)]))
     net.hybridize(static_alloc=True, static_shape=True)
     return rows
 
@@ -343,7 +361,8 @@ MODEL_COLUMNS = [('model', 'model'), ('threads', 'threads'), ('batch', 'batch'),
                  ('dense_twin', 'dense twin'), ('dense_ms', 'dense ms'), ('lcnn_ms', 'LCNN ms'),
                  ('speedup', 'measured speedup'), ('mac_ratio', 'MAC ratio'),
                  ('dense_img_s', 'dense img/s'), ('lcnn_img_s', 'LCNN img/s')]
-BREAKDOWN_COLUMNS = [('layer', 'layer'), ('type', 'type'), ('input', 'input'), ('ms', 'ms')]
+BREAKDOWN_COLUMNS = [('layer', 'layer'), ('type', 'type'), ('input', 'input'), ('ms', 'ms'),
+                     ('cold_ms', 'cold-cache ms')]
 
 
 def _parse_density(text):
@@ -420,9 +439,12 @@ def render_models(rows):
             '%s=%s' % (k, v) for k, v in row['kernels'].items())))
         if 'lcnn_layers' in row:
             for key, label in (('lcnn_layers', row['model']), ('dense_layers', row['dense_twin'])):
-                total = sum(r['ms'] for r in row[key])
-                out.append('\n%s, %s threads, batch %d: per layer (sum %.3g ms)\n'
-                           % (label, row['threads'], row['batch'], total))
+                out.append('\n%s, %s threads, batch %d: per layer alone (sum %.3g ms, cold '
+                           'cache %.3g ms; whole net %.3g ms)\n'
+                           % (label, row['threads'], row['batch'],
+                              sum(r['ms'] for r in row[key]),
+                              sum(r['cold_ms'] for r in row[key]),
+                              row['lcnn_ms' if key == 'lcnn_layers' else 'dense_ms']))
                 out.append(markdown_table(row[key], BREAKDOWN_COLUMNS))
     return '\n'.join(out)
 

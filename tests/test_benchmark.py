@@ -16,6 +16,7 @@ def test_time_call_is_a_median_of_positive_times():
     calls = []
     seconds = benchmark.time_call(lambda: calls.append(1), repeat=7, warmup=2)
     assert len(calls) == 9 and seconds >= 0
+    assert benchmark.time_call(lambda: None, repeat=2, warmup=0, cold=True) >= 0
     with pytest.raises(ValueError, match='repeat'):
         benchmark.time_call(lambda: None, repeat=0)
 
