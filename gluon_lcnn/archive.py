@@ -61,18 +61,15 @@ def op_library_path():
     return found[0] if found else None
 
 
-def inference_net(net, input_shape):
-    """``deploy.to_inference(net, input_shape=(1,) + input_shape)`` (the hybridized net as is
-    when the deploy module is not available)."""
-    try:
-        from .deploy import to_inference
-    except ImportError:
-        return net
-    return to_inference(net, input_shape=(1,) + tuple(input_shape))
+def inference_net(net, input_shape, kernel='auto'):
+    """``deploy.to_inference(net, input_shape=(1,) + input_shape, choose=kernel)``."""
+    from .deploy import to_inference
+    return to_inference(net, input_shape=(1,) + tuple(input_shape), choose=kernel)
 
 
 def export_archive(net, out_dir, model_name, input_shape, classes=None, mean=None, std=None,
-                   resize=None, top_k=5, max_pixels=None, inference=True, force=True):
+                   resize=None, top_k=5, max_pixels=None, inference=True, kernel='auto',
+                   force=True):
     """Write ``out_dir/model_name.mar`` serving ``net`` and return its path.
 
     Parameters
@@ -95,6 +92,8 @@ def export_archive(net, out_dir, model_name, input_shape, classes=None, mean=Non
         Larger images are refused with HTTP 413 (default: the handler's 25 megapixels).
     inference : bool, default True
         Convert with ``deploy.to_inference`` first; False exports ``net`` as it is.
+    kernel : {'auto', 'sparse', 'dense'}
+        ``to_inference``'s kernel choice for lookup layers ('auto' times both per layer).
     force : bool, default True
         Overwrite an existing archive.
     """
@@ -107,7 +106,7 @@ def export_archive(net, out_dir, model_name, input_shape, classes=None, mean=Non
         op_library=os.path.basename(lib) if lib else None, **sig_kwargs)
     # One forward pass finishes deferred initialisation and checks the input shape early.
     net(mx.nd.zeros((1,) + input_shape))
-    model = inference_net(net, input_shape) if inference else net
+    model = inference_net(net, input_shape, kernel) if inference else net
     model.hybridize()
     out = model(mx.nd.zeros((1,) + input_shape))
     num_outputs = out.size
@@ -185,6 +184,9 @@ def add_arguments(parser):
     parser.add_argument('--top-k', type=int, default=5)
     parser.add_argument('--max-pixels', type=int, help='refuse larger images with HTTP 413 '
                         '(default 25 megapixels)')
+    parser.add_argument('--kernel', choices=('auto', 'sparse', 'dense'), default='auto',
+                        help='lookup-layer kernel for deploy.to_inference (default: auto, the '
+                             'faster on the real input shape)')
     parser.add_argument('--no-inference', action='store_true',
                         help='export the trained net as is, without deploy.to_inference')
     return parser
@@ -208,7 +210,7 @@ def run(args):
     mar = export_archive(net, args.out, args.name or args.model.lower(), shape,
                          classes=classes, mean=args.mean, std=args.std, resize=args.resize,
                          top_k=args.top_k, max_pixels=args.max_pixels,
-                         inference=not args.no_inference)
+                         inference=not args.no_inference, kernel=args.kernel)
     print(mar)
     return 0
 

@@ -224,6 +224,7 @@ def load_op_library(lib_path, symbol_file):
         raise RuntimeError('symbol %s uses operators %s that MXNet does not know, and no op '
                            'library was found (%r)' % (symbol_file, missing, lib_path))
     mx.library.load(os.path.abspath(lib_path), verbose=False)
+    logger.info('loaded op library %s for operators %s', lib_path, missing)
     still = _missing_ops(symbol_file)
     if still:
         raise RuntimeError('after loading %s MXNet still lacks operators %s' % (lib_path, still))
