@@ -19,24 +19,11 @@ __all__ = ['time_call', 'time_block', 'compare_layer', 'compare_models', 'layer_
            'dense_twin_name', 'markdown_table', 'add_arguments', 'run', 'run_in_subprocess']
 
 
-_FLUSH = {}
-
-
-def flush_cache(megabytes=64):
-    """Write a buffer larger than the last-level cache, evicting weights and activations."""
-    buf = _FLUSH.get(megabytes)
-    if buf is None:
-        buf = _FLUSH[megabytes] = np.zeros(megabytes << 18, dtype=np.float32)
-    buf += 1.0
-
-
-def time_call(fn, repeat=30, warmup=5, max_seconds=None, cold=False):
+def time_call(fn, repeat=30, warmup=5, max_seconds=None):
     """Median wall time (seconds) of ``fn()``, which must block until its work is done.
 
     ``warmup`` untimed calls first; then ``repeat`` timed calls, stopping early (after at least
-    3) once ``max_seconds`` of timed runs have passed. ``cold`` flushes the cache (untimed)
-    before every timed call: a layer timed alone then pays for fetching its weights from memory
-    as it does inside a whole network whose weights exceed the cache.
+    3) once ``max_seconds`` of timed runs have passed.
     """
     if repeat < 1:
         raise ValueError('time_call: repeat must be >= 1, got %r' % repeat)
@@ -45,8 +32,6 @@ def time_call(fn, repeat=30, warmup=5, max_seconds=None, cold=False):
     times = []
     start = time.perf_counter()
     for _ in range(repeat):
-        if cold:
-            flush_cache()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -63,7 +48,7 @@ def _wait(out):
         out.wait_to_read()
 
 
-def time_block(block, x, repeat=30, warmup=5, max_seconds=None, hybridize=True, cold=False):
+def time_block(block, x, repeat=30, warmup=5, max_seconds=None, hybridize=True):
     """Median seconds of one inference forward ``block(x)`` (hybridized with static memory)."""
     if hybridize and hasattr(block, 'hybridize'):
         block.hybridize(static_alloc=True, static_shape=True)
@@ -71,7 +56,7 @@ def time_block(block, x, repeat=30, warmup=5, max_seconds=None, hybridize=True, 
     def once():
         with mx.autograd.predict_mode():
             _wait(block(x))
-    return time_call(once, repeat=repeat, warmup=warmup, max_seconds=max_seconds, cold=cold)
+    return time_call(once, repeat=repeat, warmup=warmup, max_seconds=max_seconds)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,37 +287,55 @@ def _leaves(block):
 
 
 def layer_breakdown(net, input_shape, repeat=20, warmup=3, max_seconds=2.0):
-    """Per-layer median times of an inference net: each leaf block alone on its real input.
+    """Per-layer median times of an inference net, alone and inside the net.
 
-    Returns a list of OrderedDicts (layer, type, input shape, ms with a warm cache, cold_ms
-    after flushing the cache: what a layer costs inside a net whose weights exceed the cache).
-    Elementwise work between leaves (e.g. residual additions) is not included.
+    ``ms``: each leaf block alone on its real input shape (its weights stay in the cache).
+    ``in_net_ms``: when the leaves run as a plain chain (checked: the chain's output equals the
+    net's, as for AlexNet), the growth in time of the chain's prefixes — what the layer costs
+    inside the whole net, including fetching its weights from memory and layout conversions;
+    None for nets with branches (ResNet), whose elementwise work is then not covered.
+    Returns a list of OrderedDicts (layer, type, input, ms, in_net_ms).
     """
+    from mxnet.gluon import nn
     leaves = _leaves(net)
     shapes = {}
     # Hooks only fire imperatively: run a fresh, non-hybridized pass.
     net.hybridize(False)
     handles = [leaf.register_forward_pre_hook(
         lambda b, inputs: shapes.setdefault(id(b), tuple(inputs[0].shape))) for leaf in leaves]
+    x = mx.nd.random.uniform(-1, 1, shape=input_shape)
     try:
         with mx.autograd.predict_mode():
-            net(mx.nd.zeros(input_shape))
+            reference = net(x)
         mx.nd.waitall()
     finally:
         for h in handles:
             h.detach()
+    leaves = [leaf for leaf in leaves if id(leaf) in shapes]
     rows = []
     for leaf in leaves:
-        shape = shapes.get(id(leaf))
-        if shape is None:
-            continue
-        x = mx.nd.random.uniform(-1, 1, shape=shape)
-        seconds = time_block(leaf, x, repeat=repeat, warmup=warmup, max_seconds=max_seconds)
-        cold = time_block(leaf, x, repeat=repeat, warmup=0, max_seconds=max_seconds, cold=True)
+        shape = shapes[id(leaf)]
+        seconds = time_block(leaf, mx.nd.random.uniform(-1, 1, shape=shape), repeat=repeat,
+                             warmup=warmup, max_seconds=max_seconds)
         leaf.hybridize(False)
         rows.append(OrderedDict([('layer', leaf.name), ('type', type(leaf).__name__),
                                  ('input', 'x'.join(map(str, shape))), ('ms', seconds * 1e3),
-                                 ('cold_ms', cold * 1e3)]))
+                                 ('in_net_ms', None)]))
+    chain = nn.HybridSequential(prefix='chain_')
+    chain.add(*leaves)
+    with mx.autograd.predict_mode():
+        out = chain(x)
+    if out.shape == reference.shape and np.allclose(out.asnumpy(), reference.asnumpy(),
+                                                    rtol=1e-4, atol=1e-5):
+        previous = 0.0
+        for k, row in enumerate(rows):
+            prefix = nn.HybridSequential(prefix='chain_')
+            prefix.add(*leaves[:k + 1])
+            seconds = time_block(prefix, x, repeat=repeat, warmup=warmup,
+                                 max_seconds=max_seconds)
+            prefix.hybridize(False)
+            row['in_net_ms'] = (seconds - previous) * 1e3
+            previous = seconds
     net.hybridize(static_alloc=True, static_shape=True)
     return rows
 
@@ -361,8 +364,8 @@ MODEL_COLUMNS = [('model', 'model'), ('threads', 'threads'), ('batch', 'batch'),
                  ('dense_twin', 'dense twin'), ('dense_ms', 'dense ms'), ('lcnn_ms', 'LCNN ms'),
                  ('speedup', 'measured speedup'), ('mac_ratio', 'MAC ratio'),
                  ('dense_img_s', 'dense img/s'), ('lcnn_img_s', 'LCNN img/s')]
-BREAKDOWN_COLUMNS = [('layer', 'layer'), ('type', 'type'), ('input', 'input'), ('ms', 'ms'),
-                     ('cold_ms', 'cold-cache ms')]
+BREAKDOWN_COLUMNS = [('layer', 'layer'), ('type', 'type'), ('input', 'input'),
+                     ('ms', 'alone ms'), ('in_net_ms', 'in-net ms')]
 
 
 def _parse_density(text):
@@ -439,11 +442,10 @@ def render_models(rows):
             '%s=%s' % (k, v) for k, v in row['kernels'].items())))
         if 'lcnn_layers' in row:
             for key, label in (('lcnn_layers', row['model']), ('dense_layers', row['dense_twin'])):
-                out.append('\n%s, %s threads, batch %d: per layer alone (sum %.3g ms, cold '
-                           'cache %.3g ms; whole net %.3g ms)\n'
+                out.append('\n%s, %s threads, batch %d, per layer (sum alone %.3g ms; whole '
+                           'net %.3g ms)\n'
                            % (label, row['threads'], row['batch'],
                               sum(r['ms'] for r in row[key]),
-                              sum(r['cold_ms'] for r in row[key]),
                               row['lcnn_ms' if key == 'lcnn_layers' else 'dense_ms']))
                 out.append(markdown_table(row[key], BREAKDOWN_COLUMNS))
     return '\n'.join(out)

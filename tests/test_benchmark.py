@@ -16,7 +16,6 @@ def test_time_call_is_a_median_of_positive_times():
     calls = []
     seconds = benchmark.time_call(lambda: calls.append(1), repeat=7, warmup=2)
     assert len(calls) == 9 and seconds >= 0
-    assert benchmark.time_call(lambda: None, repeat=2, warmup=0, cold=True) >= 0
     with pytest.raises(ValueError, match='repeat'):
         benchmark.time_call(lambda: None, repeat=0)
 
@@ -61,6 +60,8 @@ def test_compare_models_with_breakdown():
         assert set(row['kernels'].values()) <= {'sparse', 'dense', 'sparse_fc', 'dense_fc',
                                                 'slices', 'mkldnn'}
         assert len([k for k in row['kernels'] if 'lookup' in k]) == 3
+        # LeNet is a plain chain: in-net times come from timing the chain's prefixes.
+        assert all(r['in_net_ms'] is not None for r in row['lcnn_layers'])
         types = {r['type'] for r in row['lcnn_layers']}
         assert 'Dense' in types and types & {'MaxPool2D', 'MaxPoolSlices'}
     text = benchmark.render_models(rows)
