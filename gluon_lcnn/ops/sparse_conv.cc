@@ -241,7 +241,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int threads = std::max(1, omp_get_max_threads());
   const int64_t limit = INT_MAX;  // alloc_cpu takes an int byte count; the parts stay < limit/4
   if (4 * (sample + kSlack) > limit / 4 || 4 * tmp_len * threads > limit / 4 ||
-      4 * entries > limit / 4) {
+      4 * (entries + kh * kw) > limit / 4) {
     MX_ERROR_MSG << kOp << ": input " << shape_str(ds) << " is too large for one call";
     return MX_FAIL;
   }
@@ -253,7 +253,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   // second call would return (a resized) the same memory.
   const int64_t phase_floats = chunk * sample + kSlack;
   const int64_t tmp_floats = tmp_len * threads;
-  const int64_t off_ints = std::max<int64_t>(nnz, 1);
+  const int64_t off_ints = std::max<int64_t>(nnz, 1) + kh * kw;
   char* scratch = static_cast<char*>(res.alloc_cpu(
       static_cast<int>(4 * (phase_floats + tmp_floats + off_ints) + 64)));
   float* phases = scratch ? reinterpret_cast<float*>(
@@ -266,12 +266,17 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   }
   std::memset(phases + chunk * sample, 0, sizeof(float) * kSlack);
   std::memset(tmp_all, 0, sizeof(float) * tmp_len * threads);
-  // Entry e reads plane (q, i mod sh, j mod sw) shifted by (i / sh) rows and (j / sw) columns.
-  for (int64_t e = 0; e < nnz; ++e) {
-    const int64_t i = kernel_offset[e] / kw, j = kernel_offset[e] % kw;
-    offsets[e] = static_cast<int32_t>(((dict_index[e] * sh + i % sh) * sw + j % sw) * plane +
-                                      (i / sh) * wph + j / sw);
-  }
+  // Kernel position (i, j) reads phase plane (i mod sh, j mod sw) shifted by (i / sh) rows and
+  // (j / sw) columns: a table over the kh*kw positions keeps divisions out of the entry loop.
+  int32_t* kernel_table = offsets + std::max<int64_t>(nnz, 1);
+  for (int64_t i = 0; i < kh; ++i)
+    for (int64_t j = 0; j < kw; ++j)
+      kernel_table[i * kw + j] =
+          static_cast<int32_t>(((i % sh) * sw + j % sw) * plane + (i / sh) * wph + j / sw);
+  const int64_t dict_stride = sh * sw * plane;
+  for (int64_t e = 0; e < nnz; ++e)
+    offsets[e] = static_cast<int32_t>(dict_index[e] * dict_stride) +
+                 kernel_table[kernel_offset[e]];
   const float* S = in[0].data<float>();
   float* O = (*outputs)[0].data<float>();
   const int64_t m = p.m, d = p.d, out_plane = Ho * Wo;
@@ -298,6 +303,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
         continue;
       }
       int64_t t = 0;
+      for (; t + 64 <= span; t += 64) lookup_block<8>(base + t, off, val, cnt, b, tmp + t);
       for (; t + 32 <= span; t += 32) lookup_block<4>(base + t, off, val, cnt, b, tmp + t);
       for (; t < span; t += 8) lookup_block<1>(base + t, off, val, cnt, b, tmp + t);
       for (int64_t y = 0; y < Ho; ++y) {

@@ -1,0 +1,132 @@
+"""Single-op timing of the sparse-lookup kernel against MXNet's MKLDNN dense convolution.
+
+For each AlexNet LCNN-fast conv layer (DESIGN.md: shapes, dictionary sizes, published lookup
+densities) this times, in one process and on the same input:
+
+- dense : mx.nd.Convolution with a dense weight of the layer's shape (MKLDNN),
+- dict  : the 1x1 dictionary convolution c -> d (MKLDNN),
+- lookup: mx.nd.lcnn_sparse_conv on the dictionary output, random P at the published density,
+
+median of many runs after warm-up. It prints the useful GFLOP/s of the lookup stage
+(2 * nnz * H' * W' per image), the measured speedup dense / (dict + lookup), the theoretical MAC
+ratio dense / (dictionary + lookup MACs) and their quotient (the fraction of the theoretical
+speedup realised). Defaults: one thread and the NaiveEngine, so single-op times are clean.
+
+    python benchmarks/bench_op_kernels.py [--batch 1] [--repeat 200] [--json out.json]
+"""
+import os
+import sys
+
+# Set before mxnet is imported: OpenMP reads its thread count once.
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+os.environ.setdefault('MXNET_ENGINE_TYPE', 'NaiveEngine')
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import mxnet as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import gluon_lcnn  # noqa: E402,F401  (loads the operator library)
+from gluon_lcnn.nn.sparse import pack_lookup  # noqa: E402
+
+# name, c, m, (H, W), kernel, stride, pad, dictionary size, published density (LCNN-fast)
+ALEXNET_FAST = [
+    ('conv1', 3, 64, (224, 224), 11, 4, 2, 3, 0.083),
+    ('conv2', 64, 192, (27, 27), 5, 1, 2, 30, 0.034),
+    ('conv3', 192, 384, (13, 13), 3, 1, 1, 30, 0.008),
+    ('conv4', 384, 256, (13, 13), 3, 1, 1, 30, 0.013),
+    ('conv5', 256, 256, (13, 13), 3, 1, 1, 30, 0.027),
+]
+
+
+def median_time(fn, repeat, warmup):
+    for _ in range(warmup):
+        fn().wait_to_read()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn().wait_to_read()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def bench_layer(name, c, m, hw, k, s, p, d, density, batch, repeat, warmup, rng):
+    h, w = hw
+    x = mx.nd.array(rng.randn(batch, c, h, w))
+    weight = mx.nd.array(rng.randn(m, c, k, k) * 0.05)
+    bias = mx.nd.array(rng.randn(m))
+    dictionary = mx.nd.array(rng.randn(d, c, 1, 1) * 0.1)
+    lookup = rng.randn(m, d, k, k).astype(np.float32) * (rng.rand(m, d, k, k) < density)
+    packed = pack_lookup(lookup)
+    ops = [mx.nd.array(a, dtype=a.dtype) for a in
+           (packed.indptr, packed.dict_index, packed.kernel_offset, packed.value)]
+    s_in = mx.nd.Convolution(x, dictionary, kernel=(1, 1), num_filter=d, no_bias=True)
+    attrs = dict(num_filter=m, dictionary_size=d, kernel=(k, k), stride=(s, s), pad=(p, p))
+
+    def dense():
+        return mx.nd.Convolution(x, weight, bias, kernel=(k, k), stride=(s, s), pad=(p, p),
+                                 num_filter=m)
+
+    def dict_conv():
+        return mx.nd.Convolution(x, dictionary, kernel=(1, 1), num_filter=d, no_bias=True)
+
+    def lookup_op():
+        return mx.nd.lcnn_sparse_conv(s_in, *ops, bias, **attrs)
+
+    out = lookup_op()
+    ho, wo = out.shape[2:]
+    t_dense = median_time(dense, repeat, warmup)
+    t_dict = median_time(dict_conv, repeat, warmup)
+    t_lookup = median_time(lookup_op, repeat, warmup)
+    pos = batch * ho * wo
+    dense_macs = m * c * k * k * pos
+    dict_macs = d * c * h * w * batch
+    lookup_macs = packed.nnz * pos
+    ratio = t_dense / (t_dict + t_lookup)
+    mac_ratio = dense_macs / float(dict_macs + lookup_macs)
+    return dict(layer=name, batch=batch, density=packed.nnz / float(lookup.size), nnz=packed.nnz,
+                dense_ms=1e3 * t_dense, dict_ms=1e3 * t_dict, lookup_ms=1e3 * t_lookup,
+                dense_gflops=2e-9 * dense_macs / t_dense,
+                lookup_gflops=2e-9 * lookup_macs / t_lookup,
+                speedup=ratio, mac_ratio=mac_ratio, efficiency=ratio / mac_ratio)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--repeat', type=int, default=200)
+    parser.add_argument('--warmup', type=int, default=20)
+    parser.add_argument('--layers', nargs='*', default=None, help='subset, e.g. conv1 conv3')
+    parser.add_argument('--json', default=None, help='also write the rows to this file')
+    args = parser.parse_args(argv)
+    rng = np.random.RandomState(0)
+    rows = []
+    print('OMP_NUM_THREADS=%s MXNET_ENGINE_TYPE=%s batch=%d, median of %d runs'
+          % (os.environ['OMP_NUM_THREADS'], os.environ['MXNET_ENGINE_TYPE'], args.batch,
+             args.repeat))
+    header = ('layer', 'density', 'dense ms', 'dense GF/s', 'dict ms', 'lookup ms',
+              'lookup GF/s', 'speedup', 'MAC ratio', 'realised')
+    print('| ' + ' | '.join(header) + ' |')
+    print('|' + '---|' * len(header))
+    for spec in ALEXNET_FAST:
+        if args.layers and spec[0] not in args.layers:
+            continue
+        row = bench_layer(*spec, batch=args.batch, repeat=args.repeat, warmup=args.warmup,
+                          rng=rng)
+        rows.append(row)
+        print('| %s | %.3f | %.3f | %.1f | %.3f | %.3f | %.1f | %.1fx | %.1fx | %.0f%% |' % (
+            row['layer'], row['density'], row['dense_ms'], row['dense_gflops'], row['dict_ms'],
+            row['lookup_ms'], row['lookup_gflops'], row['speedup'], row['mac_ratio'],
+            100 * row['efficiency']))
+        sys.stdout.flush()
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
