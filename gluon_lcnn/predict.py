@@ -42,6 +42,9 @@ def load_classifier(model_dir=None, symbol=None, params=None, input_shape=None, 
                 return handler.ImageClassifier(tmp)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.isfile(os.path.join(model_dir, handler.SIGNATURE_FILE)):
+            raise FileNotFoundError('%s is neither a .mar archive nor a directory with %s'
+                                    % (model_dir, handler.SIGNATURE_FILE))
         return handler.ImageClassifier(model_dir)
     if not (symbol and params and input_shape):
         raise ValueError('need model_dir, or symbol, params and input_shape')

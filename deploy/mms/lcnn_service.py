@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import struct
+import warnings
 
 import cv2
 import mxnet as mx
@@ -267,8 +268,11 @@ class ImageClassifier(object):
         self.signature = signature
         self.ctx = ctx or mx.cpu()
         load_op_library(op_library, symbol_file)   # before the symbol: it names the op
-        self.net = mx.gluon.SymbolBlock.imports(symbol_file, [signature['input_name']],
-                                                params_file, ctx=self.ctx)
+        with warnings.catch_warnings():
+            # MXNet warns that the input dtype is unknown; float32 is what we feed.
+            warnings.filterwarnings('ignore', message='Cannot decide type')
+            self.net = mx.gluon.SymbolBlock.imports(symbol_file, [signature['input_name']],
+                                                    params_file, ctx=self.ctx)
         self.net.hybridize(static_alloc=True)
         num_out = self.net(mx.nd.zeros([1] + signature['data_shape'][1:], ctx=self.ctx)).shape
         num_classes = int(np.prod(num_out[1:]))
