@@ -242,7 +242,8 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
 
     Returns a list of OrderedDict rows, one per batch size, with ``dense_ms``, ``lcnn_ms``,
     ``speedup`` (dense / LCNN), images/s of both, ``mac_ratio`` (theoretical, from flops) and
-    the kernel each lookup layer got; with ``breakdown`` also per-layer times of both nets.
+    the kernel each lookup layer got; with ``breakdown`` also per-layer times of both nets at
+    the smallest batch.
     """
     twin = dense_twin_name(name)
     rows = []
@@ -265,7 +266,7 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
             ('dense_img_s', batch / dense_s), ('lcnn_img_s', batch / lcnn_s),
             ('kernels', OrderedDict((k, v['choice']) for k, v in lcnn.kernel_choices.items())),
         ])
-        if breakdown:
+        if breakdown and batch == min(batches):  # latency analysis: the smallest batch only
             row['lcnn_layers'] = layer_breakdown(lcnn, shape, **kw)
             row['dense_layers'] = layer_breakdown(dense, shape, **kw)
         rows.append(row)
@@ -396,7 +397,8 @@ def add_arguments(parser):
     parser.add_argument('--repeat', type=int, default=20, help='timed runs per measurement')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--breakdown', action='store_true',
-                        help='also time every layer of both nets alone (where the time goes)')
+                        help='also time every layer of both nets, alone and inside the net, at '
+                             'the smallest batch (where the time goes)')
     parser.add_argument('--json', default=None, help='write all rows to this JSON file')
     parser.add_argument('--markdown', default=None, help='write the tables to this file')
     return parser
