@@ -10,8 +10,12 @@ children and, inside every (Hybrid)Sequential,
 * turns every lookup layer into an inference block: ``SparseLookupConv2D`` / ``SparseLookupDense``
   (dictionary as a dense 1x1 conv / fc, then the sparse C++ op), or a dense Conv2D / Dense with the
   effective weight P.D, whichever measures faster on the layer's real input shape (like cuDNN's
-  algorithm search). The choice is simply the block type left in the graph, so it survives
-  hybridize / export / ``SymbolBlock.imports``.
+  algorithm search). A conv whose kernel covers its whole input (AlexNet's fc6) is also timed in
+  its fully connected form (``CoveringConv``). The choice is simply the block type left in the
+  graph, so it survives hybridize / export / ``SymbolBlock.imports``,
+* times each MaxPool2D against ``MaxPoolSlices`` together with the layer before it (MKLDNN pools
+  plain NCHW data, which the sparse op writes, with a slow reference kernel),
+* drops Dropout (the identity at inference).
 
 Blocks whose ``hybrid_forward`` uses its children in custom ways (e.g. a ResNet BasicBlock with
 ``body`` and ``downsample``) are copied and their children converted one by one, so folding happens
@@ -27,7 +31,7 @@ from mxnet.gluon.block import _BlockScope
 
 from .nn.lookup import LookupConv2D, LookupDense
 
-__all__ = ['to_inference', 'fold_batchnorm_params']
+__all__ = ['to_inference', 'fold_batchnorm_params', 'MaxPoolSlices', 'CoveringConv']
 
 _CHOICES = ('auto', 'sparse', 'dense')
 
