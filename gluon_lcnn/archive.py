@@ -207,6 +207,11 @@ def run(args):
     net = get_model(args.model, **kwargs)
     net.load_parameters(args.params, ctx=mx.cpu())
     shape = args.input_shape or default_input_shape(args.model.lower(), **kwargs)[1:]
+    if args.mean is None and args.std is None:
+        # Easy to forget, and the answers are then silently wrong: say what will happen.
+        print('gluon-lcnn archive: no --mean/--std given, the server feeds pixels/255 without '
+              'normalisation (Fashion-MNIST training uses --mean 0.286 --std 0.353)',
+              file=sys.stderr)
     mar = export_archive(net, args.out, args.name or args.model.lower(), shape,
                          classes=classes, mean=args.mean, std=args.std, resize=args.resize,
                          top_k=args.top_k, max_pixels=args.max_pixels,

@@ -270,6 +270,20 @@ def test_archive_contents(fashion):
     assert {'lcnn_sparse_conv', 'lcnn_sparse_dense'} <= ops
 
 
+def test_training_graph_archive_gives_the_same_answers(fashion, work):
+    """inference=False exports the trained graph (BN, thresholding custom op) as it is."""
+    from gluon_lcnn.predict import load_classifier
+    mar = archive.export_archive(fashion['net'], str(work / 'plain'), 'plain', (1, 28, 28),
+                                 mean=fashion_mnist.MEAN, std=fashion_mnist.STD, top_k=10,
+                                 inference=False)
+    with zipfile.ZipFile(mar) as z:
+        assert 'Custom' in {n['op'] for n in json.loads(z.read('model-symbol.json'))['nodes']}
+    answers = load_classifier(model_dir=mar).classify(fashion['pngs'][:8])
+    for top, ref in zip(answers, fashion['probs']):
+        got = sorted((int(e['class']), e['probability']) for e in top)
+        np.testing.assert_allclose([p for _, p in got], ref, atol=1e-4)
+
+
 def test_archive_cli_errors(work, capsys):
     assert cli(['archive', '--model', 'lenet_lcnn_fast', '--params', str(work / 'missing'),
                 '--out', str(work / 'x')]) == 1
