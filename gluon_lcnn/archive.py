@@ -8,10 +8,10 @@ library, ``signature.json``, ``synset.txt`` and the handler ``deploy/mms/lcnn_se
 using model-archiver. ``export_archive(net, ...)`` does the same for a net you already hold.
 """
 import argparse
-import glob
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,17 +48,9 @@ def load_handler():
 
 def op_library_path():
     """Path of the built sparse-op library (liblcnn_ops.so), or None if it is not built."""
-    try:
-        from . import ops
-    except ImportError:
-        return None
-    for attr in ('library_path', 'LIBRARY_PATH', 'LIB_PATH'):
-        value = getattr(ops, attr, None)
-        value = value() if callable(value) else value
-        if value and os.path.isfile(value):
-            return os.path.abspath(value)
-    found = sorted(glob.glob(os.path.join(_ROOT, 'gluon_lcnn', 'ops', '*.so')))
-    return found[0] if found else None
+    from .ops import lib_path
+    path = lib_path()
+    return path if os.path.isfile(path) else None
 
 
 def inference_net(net, input_shape, kernel='auto'):
@@ -97,6 +89,9 @@ def export_archive(net, out_dir, model_name, input_shape, classes=None, mean=Non
     force : bool, default True
         Overwrite an existing archive.
     """
+    if not re.match(r'^[A-Za-z0-9][A-Za-z0-9_\-.]*$', model_name):
+        raise ValueError('archive name %r: use letters, digits, "_", "-" and "." (MMS model '
+                         'names), starting with a letter or digit' % model_name)
     handler = load_handler()
     input_shape = tuple(int(v) for v in input_shape)
     lib = op_library_path()

@@ -288,6 +288,8 @@ def test_archive_cli_errors(work, capsys):
     assert cli(['archive', '--model', 'lenet_lcnn_fast', '--params', str(work / 'missing'),
                 '--out', str(work / 'x')]) == 1
     assert 'no parameter file' in capsys.readouterr().err
+    with pytest.raises(ValueError, match='archive name'):
+        archive.export_archive(None, str(work / 'x'), 'bad name!', (1, 28, 28))
 
 
 def test_predict_cli_matches_in_process_reference(fashion, work, capsys):
