@@ -420,7 +420,8 @@ def _time_blocks(blocks, shape, ctx, repeat, warmup):
     seq = nn.HybridSequential(prefix='timing_')
     seq.add(*blocks)
     x = mx.nd.random.uniform(-1, 1, shape=shape, ctx=ctx)
-    seconds = time_block(seq, x, repeat=repeat, warmup=warmup)
+    # At most ~1 s per candidate (after 3 runs): big batches would make the search slow.
+    seconds = time_block(seq, x, repeat=repeat, warmup=warmup, max_seconds=1.0)
     seq.hybridize(False)  # drop the timing graphs; the caller hybridizes the whole net later
     return seconds
 
