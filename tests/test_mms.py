@@ -3,7 +3,8 @@
 A LeNet-LCNN is trained briefly on real Fashion-MNIST in the fixture and archived with the CLI
 (``python -m gluon_lcnn archive``); an RGB LeNet-LCNN is archived with ``export_archive``. One
 MMS process (free ports, logs/pid/tmp files inside a tmp dir) serves both for the module and is
-stopped by the fixture finalizer whatever happens. Budget: ~60-90 s on 2 cores.
+stopped by the fixture finalizer whatever happens. Budget: 35-110 s on 2 shared cores
+(measured; mostly the 120 training steps and the JVM + worker start-up).
 """
 import concurrent.futures
 import json

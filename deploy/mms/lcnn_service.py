@@ -358,7 +358,9 @@ def _aligned(body, idx, context):
     checking that 4 bytes have arrived, and dies when a socket read ends right there. Netty
     reads in chunks whose sizes are multiples of 16, and the first record's status code sits
     at byte 86 of the reply (6 mod 16, never cut), so records of 16n bytes keep every later
-    status code at the same safe offset. Trailing spaces leave the JSON unchanged.
+    status code at the same safe offset. Trailing spaces leave the JSON unchanged. (This holds
+    while a batch reply goes out in one socket write, i.e. below ~32 KB: top-k answers of a
+    few hundred bytes each.)
     """
     try:
         from mms.protocol.otf_message_handler import encode_response_headers
