@@ -47,6 +47,8 @@ CONV_CASES = [
     (1, 6, 6, 5, (10, 10), (1, 3), (1, 3), (0, 1), 0.5, False, False, False),  # no bias
     (2, 4, 6, 10, (6, 6), (6, 6), (1, 1), (0, 0), 0.1, True, True, True),     # fc as 6x6 conv
     (1, 3, 4, 40, (40, 37), (3, 3), (1, 1), (1, 1), 0.05, False, True, True),  # long rows
+    (1, 3, 4, 8, (9, 150), (2, 3), (3, 70), (3, 4), 0.5, True, True, True),    # odd strides
+    (2, 3, 4, 5, (70, 140), (3, 3), (1, 1), (1, 1), 0.2, False, True, False),  # 64+ wide rows
 ]
 
 

@@ -7,12 +7,14 @@
 // q_e, the kernel offset i_e*kw + j_e and the value (see gluon_lcnn/nn/sparse.py:pack_lookup).
 //
 // How it is fast (DESIGN.md "Kernel facts"): S is copied once per call into zero-padded planes,
-// split into sh*sw stride phases so that every shifted read is contiguous again. One output
-// channel is then a 1-D sweep over its plane laid out with the phase-plane width Wph (the
-// Wph - Wo extra columns per row are computed and dropped): a block of 32 outputs lives in four
-// 8-float vector registers while the channel's non-zeros are walked with input offsets computed
-// once per call, and is stored once. Threads split (sample, output channel) pairs; every output
-// is summed by one thread in a fixed order, so results do not depend on the thread count.
+// split into sh*sw stride phases so that every shifted read is contiguous again. Each output row
+// is then computed in register blocks of up to 64 floats (8 vectors of 8): the block starts at
+// the bias, walks the channel's non-zeros with input offsets computed once per call (one
+// multiply-add of a contiguous shifted input row each), applies the fused ReLU and is stored
+// once, straight into the output. A row tail narrower than 64 uses a block of ceil(tail/8)
+// vectors whose spill into the next row is overwritten when that row is computed. Threads split
+// (sample, output channel) pairs; every output is summed by one thread in a fixed order, so
+// results do not depend on the thread count.
 #include <omp.h>
 
 #include <algorithm>
@@ -135,51 +137,121 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
   return MX_SUCCESS;
 }
 
-// acc[0..NV) = bias; acc += value[e] * plane[off[e] ..]; stored to dst. NV vectors of 8 floats.
-template <int NV>
-inline void lookup_block(const float* __restrict plane, const int32_t* __restrict off,
+// dst[0 .. 8*NV) = bias + sum_e val[e] * src[off[e] ..], ReLU'd if RELU: 8*NV outputs kept in
+// NV vector registers for the whole walk over the channel's non-zeros.
+template <int NV, bool RELU>
+inline void lookup_block(const float* __restrict src, const int32_t* __restrict off,
                          const float* __restrict val, int64_t n, float bias,
                          float* __restrict dst) {
   v8 acc[NV];
   for (int k = 0; k < NV; ++k) acc[k] = v8{} + bias;
   for (int64_t e = 0; e < n; ++e) {
-    const float* src = plane + off[e];
+    const float* in = src + off[e];
     const v8 v = v8{} + val[e];
-    for (int k = 0; k < NV; ++k) acc[k] += v * *reinterpret_cast<const v8u*>(src + 8 * k);
+    for (int k = 0; k < NV; ++k) acc[k] += v * *reinterpret_cast<const v8u*>(in + 8 * k);
+  }
+  if (RELU) {
+    for (int k = 0; k < NV; ++k) acc[k] = acc[k] > v8{} ? acc[k] : v8{};
   }
   for (int k = 0; k < NV; ++k) *reinterpret_cast<v8u*>(dst + 8 * k) = acc[k];
 }
 
-// Copies S[n] (d, H, W) into phase planes: plane (q, pi, pj) holds padded rows pi, pi+sh, ...
-// and columns pj, pj+sw, ... of S[n, q]; zeros where the padded image has no pixel.
-void split_phases(const float* src, int64_t H, int64_t W, const ConvParam& p, int64_t hph,
-                  int64_t wph, int64_t q, float* dst) {
-  const int64_t sh = p.stride[0], sw = p.stride[1];
-  for (int64_t pi = 0; pi < sh; ++pi) {
-    for (int64_t pj = 0; pj < sw; ++pj) {
-      float* plane = dst + ((q * sh + pi) * sw + pj) * hph * wph;
-      const float* img = src + q * H * W;
-      // Columns w with 0 <= w*sw + pj - pw < W form one contiguous range [w0, w1).
-      int64_t w0 = 0;
-      while (w0 < wph && w0 * sw + pj - p.pad[1] < 0) ++w0;
-      int64_t w1 = w0;
-      while (w1 < wph && w1 * sw + pj - p.pad[1] < W) ++w1;
-      for (int64_t u = 0; u < hph; ++u) {
-        float* row = plane + u * wph;
-        const int64_t y = u * sh + pi - p.pad[0];
-        if (y < 0 || y >= H) {
-          std::memset(row, 0, sizeof(float) * wph);
-          continue;
-        }
-        const float* in = img + y * W + (w0 * sw + pj - p.pad[1]);
-        for (int64_t w = 0; w < w0; ++w) row[w] = 0.f;
-        if (sw == 1) {
-          std::memcpy(row + w0, in, sizeof(float) * (w1 - w0));
-        } else {
-          for (int64_t w = w0; w < w1; ++w) row[w] = in[(w - w0) * sw];
-        }
-        for (int64_t w = w1; w < wph; ++w) row[w] = 0.f;
+struct Channel {
+  const float* base;     // this sample's phase planes
+  const int32_t* off;    // input offsets of the channel's non-zeros
+  const float* val;
+  int64_t cnt;
+  float bias;
+  float* dst;            // output plane (Ho, Wo)
+  int64_t ho, wo, wph;   // output rows/columns, phase-plane row length
+};
+
+// One output channel: full 64-wide blocks, then a tail of TAIL vectors per row (TAIL = 0: none).
+template <int TAIL, bool RELU>
+void lookup_channel(const Channel& c) {
+  const int64_t full = c.wo / 64 * 64;
+  float* const end = c.dst + c.ho * c.wo;
+  for (int64_t y = 0; y < c.ho; ++y) {
+    const float* src = c.base + y * c.wph;
+    float* row = c.dst + y * c.wo;
+    for (int64_t x = 0; x < full; x += 64)
+      lookup_block<8, RELU>(src + x, c.off, c.val, c.cnt, c.bias, row + x);
+    if (TAIL > 0) {
+      if (row + full + 8 * TAIL <= end) {
+        lookup_block<TAIL, RELU>(src + full, c.off, c.val, c.cnt, c.bias, row + full);
+      } else {  // the last row's spill would leave the plane: go through a buffer
+        float buf[8 * (TAIL > 0 ? TAIL : 1)];
+        lookup_block<TAIL, RELU>(src + full, c.off, c.val, c.cnt, c.bias, buf);
+        std::memcpy(row + full, buf, sizeof(float) * (c.wo - full));
       }
+    }
+  }
+}
+
+typedef void (*ChannelFn)(const Channel&);
+
+template <bool RELU>
+ChannelFn channel_fn(int tail) {
+  static const ChannelFn table[9] = {
+      lookup_channel<0, RELU>, lookup_channel<1, RELU>, lookup_channel<2, RELU>,
+      lookup_channel<3, RELU>, lookup_channel<4, RELU>, lookup_channel<5, RELU>,
+      lookup_channel<6, RELU>, lookup_channel<7, RELU>, lookup_channel<8, RELU>};
+  return table[tail];
+}
+
+// Splits one image row (W floats) into the sw phase rows dst[pj][w] = row[w*sw + pj - pw] of
+// length wph, zero outside the image. SW > 0 fixes the stride at compile time so the interior
+// loop becomes vector shuffles; SW = 0 handles any stride.
+template <int SW>
+void split_row(const float* row, int64_t W, int64_t pw, int64_t sw_any, int64_t wph,
+               float* const* dst) {
+  const int64_t sw = SW > 0 ? SW : sw_any;
+  // Interior columns [wa, wb): every phase column w*sw + pj - pw (pj < sw) lies inside [0, W).
+  const int64_t wa = std::min((pw + sw - 1) / sw, wph);
+  const int64_t wb = std::max(wa, std::min(W + pw - sw >= 0 ? (W + pw - sw) / sw + 1 : 0, wph));
+  for (int64_t w = 0; w < wph; ++w) {  // edge columns, with bounds checks
+    if (w == wa) w = wb;
+    if (w >= wph) break;
+    for (int64_t pj = 0; pj < sw; ++pj) {
+      const int64_t x = w * sw + pj - pw;
+      dst[pj][w] = (x >= 0 && x < W) ? row[x] : 0.f;
+    }
+  }
+  const float* in = row + wa * sw - pw;
+  for (int64_t pj = 0; pj < sw; ++pj) {
+    float* __restrict out = dst[pj];
+    for (int64_t w = wa; w < wb; ++w) out[w] = in[(w - wa) * sw + pj];
+  }
+}
+
+// Copies S[n, q] (H, W) into its sh*sw phase planes: plane (pi, pj) holds the zero-padded rows
+// pi, pi+sh, ... and columns pj, pj+sw, ... of the padded image.
+void split_phases(const float* img, int64_t H, int64_t W, const ConvParam& p, int64_t hph,
+                  int64_t wph, float* planes) {
+  const int64_t sh = p.stride[0], sw = p.stride[1], plane = hph * wph;
+  float* dst[64];  // sw phase rows; sw <= 4096 is checked, larger strides take the slow loop
+  for (int64_t row = 0; row < hph * sh; ++row) {
+    const int64_t pi = row % sh, u = row / sh, y = row - p.pad[0];
+    if (sw > 64) {  // unusual: write element by element
+      for (int64_t w = 0; w < wph; ++w)
+        for (int64_t pj = 0; pj < sw; ++pj) {
+          const int64_t x = w * sw + pj - p.pad[1];
+          planes[(pi * sw + pj) * plane + u * wph + w] =
+              (y >= 0 && y < H && x >= 0 && x < W) ? img[y * W + x] : 0.f;
+        }
+      continue;
+    }
+    for (int64_t pj = 0; pj < sw; ++pj) dst[pj] = planes + (pi * sw + pj) * plane + u * wph;
+    if (y < 0 || y >= H) {
+      for (int64_t pj = 0; pj < sw; ++pj) std::memset(dst[pj], 0, sizeof(float) * wph);
+      continue;
+    }
+    const float* src = img + y * W;
+    switch (sw) {
+      case 1: split_row<1>(src, W, p.pad[1], sw, wph, dst); break;
+      case 2: split_row<2>(src, W, p.pad[1], sw, wph, dst); break;
+      case 4: split_row<4>(src, W, p.pad[1], sw, wph, dst); break;
+      default: split_row<0>(src, W, p.pad[1], sw, wph, dst); break;
     }
   }
 }
@@ -236,11 +308,8 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int64_t wph = (W + 2 * p.pad[1] + sw - 1) / sw;
   const int64_t plane = hph * wph;
   const int64_t sample = p.d * sh * sw * plane;  // floats of one sample's phase planes
-  const int64_t span = (Ho - 1) * wph + Wo;       // flat outputs computed per channel
-  const int64_t tmp_len = span + kSlack;
-  const int threads = std::max(1, omp_get_max_threads());
   const int64_t limit = INT_MAX;  // alloc_cpu takes an int byte count; the parts stay < limit/4
-  if (4 * (sample + kSlack) > limit / 4 || 4 * tmp_len * threads > limit / 4 ||
+  if (4 * (sample + kSlack) > limit / 4 ||
       4 * (entries + kh * kw) > limit / 4) {
     MX_ERROR_MSG << kOp << ": input " << shape_str(ds) << " is too large for one call";
     return MX_FAIL;
@@ -249,23 +318,20 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int64_t chunk = std::max<int64_t>(
       1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * sample)));
   const int64_t nnz = indptr[p.m];
-  // One allocation carved in three: alloc_cpu hands out MXNet's temporary workspace, and a
+  // One allocation carved in two: alloc_cpu hands out MXNet's temporary workspace, and a
   // second call would return (a resized) the same memory.
   const int64_t phase_floats = chunk * sample + kSlack;
-  const int64_t tmp_floats = tmp_len * threads;
   const int64_t off_ints = std::max<int64_t>(nnz, 1) + kh * kw;
   char* scratch = static_cast<char*>(res.alloc_cpu(
-      static_cast<int>(4 * (phase_floats + tmp_floats + off_ints) + 64)));
+      static_cast<int>(4 * (phase_floats + off_ints) + 64)));
   float* phases = scratch ? reinterpret_cast<float*>(
       scratch + (64 - reinterpret_cast<uintptr_t>(scratch) % 64) % 64) : nullptr;
-  float* tmp_all = phases ? phases + phase_floats : nullptr;
-  int32_t* offsets = phases ? reinterpret_cast<int32_t*>(tmp_all + tmp_floats) : nullptr;
-  if (!phases || !tmp_all || !offsets) {
+  int32_t* offsets = phases ? reinterpret_cast<int32_t*>(phases + phase_floats) : nullptr;
+  if (!phases) {
     MX_ERROR_MSG << kOp << ": could not allocate scratch memory";
     return MX_FAIL;
   }
   std::memset(phases + chunk * sample, 0, sizeof(float) * kSlack);
-  std::memset(tmp_all, 0, sizeof(float) * tmp_len * threads);
   // Kernel position (i, j) reads phase plane (i mod sh, j mod sw) shifted by (i / sh) rows and
   // (j / sw) columns: a table over the kh*kw positions keeps divisions out of the entry loop.
   int32_t* kernel_table = offsets + std::max<int64_t>(nnz, 1);
@@ -281,39 +347,33 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   float* O = (*outputs)[0].data<float>();
   const int64_t m = p.m, d = p.d, out_plane = Ho * Wo;
   const bool relu = p.relu;
+  const int tail = static_cast<int>((Wo % 64 + 7) / 8);
+  const ChannelFn channel = relu ? channel_fn<true>(tail) : channel_fn<false>(tail);
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
     const int64_t nb = std::min(chunk, N - n0);
 #pragma omp parallel for schedule(static)
     for (int64_t nq = 0; nq < nb * d; ++nq) {
       const int64_t n = nq / d, q = nq % d;
-      split_phases(S + (n0 + n) * d * H * W, H, W, p, hph, wph, q, phases + n * sample);
+      split_phases(S + ((n0 + n) * d + q) * H * W, H, W, p, hph, wph,
+                   phases + n * sample + q * sh * sw * hph * wph);
     }
 #pragma omp parallel for schedule(static)
     for (int64_t nr = 0; nr < nb * m; ++nr) {
       const int64_t n = nr / m, r = nr % m;
-      float* tmp = tmp_all + omp_get_thread_num() * tmp_len;
-      const float* base = phases + n * sample;
-      const int32_t* off = offsets + indptr[r];
-      const float* val = value + indptr[r];
-      const int64_t cnt = indptr[r + 1] - indptr[r];
-      const float b = bias ? bias[r] : 0.f;
-      float* dst = O + ((n0 + n) * m + r) * out_plane;
-      if (cnt == 0) {
-        std::fill(dst, dst + out_plane, relu ? std::max(b, 0.f) : b);
-        continue;
-      }
-      int64_t t = 0;
-      for (; t + 64 <= span; t += 64) lookup_block<8>(base + t, off, val, cnt, b, tmp + t);
-      for (; t + 32 <= span; t += 32) lookup_block<4>(base + t, off, val, cnt, b, tmp + t);
-      for (; t < span; t += 8) lookup_block<1>(base + t, off, val, cnt, b, tmp + t);
-      for (int64_t y = 0; y < Ho; ++y) {
-        const float* src = tmp + y * wph;
-        float* row = dst + y * Wo;
-        if (relu) {
-          for (int64_t x = 0; x < Wo; ++x) row[x] = std::max(src[x], 0.f);
-        } else {
-          std::memcpy(row, src, sizeof(float) * Wo);
-        }
+      Channel c;
+      c.base = phases + n * sample;
+      c.off = offsets + indptr[r];
+      c.val = value + indptr[r];
+      c.cnt = indptr[r + 1] - indptr[r];
+      c.bias = bias ? bias[r] : 0.f;
+      c.dst = O + ((n0 + n) * m + r) * out_plane;
+      c.ho = Ho;
+      c.wo = Wo;
+      c.wph = wph;
+      if (c.cnt == 0) {
+        std::fill(c.dst, c.dst + out_plane, relu ? std::max(c.bias, 0.f) : c.bias);
+      } else {
+        channel(c);
       }
     }
   }
