@@ -259,7 +259,7 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
         lcnn_macs, dense_macs = total_macs(lcnn_train, one), total_macs(dense_train, one)
         row = OrderedDict([
             ('model', name), ('dense_twin', twin), ('threads', _threads()), ('batch', batch),
-            ('input', '%dx%d' % (size, size)), ('density', str(density)),
+            ('input', '%dx%d' % (size, size)), ('density', _density_label(name, density)),
             ('dense_ms', dense_s * 1e3), ('lcnn_ms', lcnn_s * 1e3),
             ('speedup', dense_s / lcnn_s),
             ('mac_ratio', dense_macs / lcnn_macs if lcnn_macs and dense_macs else None),
@@ -271,6 +271,14 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
             row['dense_layers'] = layer_breakdown(dense, shape, **kw)
         rows.append(row)
     return rows
+
+
+def _density_label(name, density):
+    """'published' / 'assumed' (the zoo's table the densities came from), or the value."""
+    if density == 'published':
+        from .model_zoo.common import PUBLISHED_DENSITIES
+        return 'published' if name in PUBLISHED_DENSITIES else 'assumed'
+    return 'init' if density is None else str(density)
 
 
 def _threads():
@@ -361,7 +369,8 @@ def markdown_table(rows, columns):
     return '\n'.join(lines)
 
 
-MODEL_COLUMNS = [('model', 'model'), ('threads', 'threads'), ('batch', 'batch'),
+MODEL_COLUMNS = [('model', 'model'), ('density', 'P density'), ('threads', 'threads'),
+                 ('batch', 'batch'),
                  ('dense_twin', 'dense twin'), ('dense_ms', 'dense ms'), ('lcnn_ms', 'LCNN ms'),
                  ('speedup', 'measured speedup'), ('mac_ratio', 'MAC ratio'),
                  ('dense_img_s', 'dense img/s'), ('lcnn_img_s', 'LCNN img/s')]
@@ -387,7 +396,8 @@ def add_arguments(parser):
                              'its dense twin (same family without _lcnn_*) in the same process')
     parser.add_argument('--density', default='published',
                         help="lookup densities: 'published' (DESIGN.md per-layer values, random "
-                             "P), a float for every layer, or 'init' (as initialised)")
+                             "P; the zoo's assumed ones for models without published values), "
+                             "a float for every layer, or 'init' (as initialised)")
     parser.add_argument('--batch', type=int, nargs='+', default=[1, 32],
                         help='batch sizes (1 = latency, larger = throughput)')
     parser.add_argument('--threads', nargs='+', default=['1', 'all'],

@@ -78,6 +78,6 @@ def test_cli_runs_each_thread_setting_in_a_subprocess(tmp_path, capsys):
     rows = benchmark.run(args)
     assert len(rows) == 1 and rows[0]['threads'] == '1'
     assert json.loads((tmp_path / 'r.json').read_text())[0]['model'] == 'lenet_lcnn_fast'
-    assert '| lenet_lcnn_fast | 1 | 1 |' in capsys.readouterr().out
+    assert '| lenet_lcnn_fast | 0.1 | 1 | 1 |' in capsys.readouterr().out
     with pytest.raises(ValueError, match='unknown model'):
         benchmark.run(parser.parse_args(['--model', 'nonet_lcnn']))
