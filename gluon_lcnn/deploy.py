@@ -246,6 +246,14 @@ def _is_relu(block):
     return isinstance(block, nn.Activation) and block._act_type == 'relu'
 
 
+def _is_plain_sequence(block):
+    """A (Hybrid)Sequential that runs its children in a chain (not e.g. HybridConcurrent,
+    a subclass whose children are parallel branches)."""
+    if isinstance(block, nn.HybridSequential):
+        return type(block).hybrid_forward is nn.HybridSequential.hybrid_forward
+    return isinstance(block, nn.Sequential) and type(block).forward is nn.Sequential.forward
+
+
 def _shell(block):
     """A shallow copy of ``block`` without children, hooks or cached graphs.
 
@@ -342,7 +350,7 @@ class _Converter:
         if _is_conv_like(block):
             return self.layer_block(_Layer(block), parent, key)
         new = _shell(block)
-        if isinstance(block, (nn.Sequential, nn.HybridSequential)):
+        if _is_plain_sequence(block):
             self._convert_sequence(block, new)
             return new
         mapping = {}

@@ -145,6 +145,23 @@ def test_residual_blocks_fold_inside_and_input_unchanged():
     assert rel_err(net(x), ref) == 0
 
 
+def test_parallel_branches_are_not_folded_together():
+    # HybridConcurrent subclasses HybridSequential but its children are parallel branches:
+    # the BatchNorm branch must not be folded into the conv branch next to it.
+    from mxnet.gluon.contrib.nn import HybridConcurrent
+    branches = HybridConcurrent(axis=1)
+    branches.add(LookupConv2D(5, 3, padding=1, dictionary_size=2), nn.BatchNorm(),
+                 nn.Activation('relu'))
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(4, 1), branches, nn.BatchNorm())
+    x = mx.nd.random.normal(shape=(2, 3, 6, 6))
+    prepared(net, x)
+    ref = net(x)
+    inf = deploy.to_inference(net, choose='sparse')
+    assert isinstance(inf[1], HybridConcurrent) and len(inf[1]) == 3
+    assert rel_err(inf(x), ref) < RTOL
+
+
 def test_auto_choice_is_measured_and_kept_in_the_graph(tmp_path):
     net = _residual_net()
     x = mx.nd.random.normal(shape=(1, 3, 9, 9))
