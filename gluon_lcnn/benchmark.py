@@ -59,6 +59,34 @@ def time_block(block, x, repeat=30, warmup=5, max_seconds=None, hybridize=True):
     return time_call(once, repeat=repeat, warmup=warmup, max_seconds=max_seconds)
 
 
+def time_blocks_interleaved(blocks, x, repeat=30, warmup=5, max_seconds=None):
+    """Per-round times of several blocks on the same input, run alternately.
+
+    One round runs every block once; alternating keeps a shared machine's changing load from
+    favouring whichever block happened to be timed in a quiet moment. Returns one list of
+    seconds per block (stops after at least 3 rounds once ``max_seconds`` have passed).
+    """
+    calls = []
+    for block in blocks:
+        block.hybridize(static_alloc=True, static_shape=True)
+        calls.append(lambda b=block: _wait(b(x)))
+    with mx.autograd.predict_mode():
+        for _ in range(max(0, warmup)):
+            for call in calls:
+                call()
+        times = [[] for _ in blocks]
+        start = time.perf_counter()
+        for _ in range(repeat):
+            for call, series in zip(calls, times):
+                t0 = time.perf_counter()
+                call()
+                series.append(time.perf_counter() - t0)
+            if max_seconds is not None and len(times[0]) >= 3 and \
+                    time.perf_counter() - start > max_seconds:
+                break
+    return times
+
+
 # --------------------------------------------------------------------------------------------
 # Layer level: one lookup layer shape, dense MKLDNN conv vs the LCNN path.
 
@@ -82,8 +110,9 @@ def compare_layer(in_channels, channels, kernel, dictionary_size, density, in_si
 
     Returns an OrderedDict with the geometry, ``dense_ms`` (MKLDNN Conv2D / Dense with bias),
     ``lcnn_ms`` (dictionary + sparse op with bias), ``lookup_ms`` (the sparse op alone on the
-    dictionary output), ``mac_ratio`` (dense MACs / LCNN MACs), ``speedup`` (dense_ms / lcnn_ms)
-    and ``lookup_gflops`` (2 * nnz * output positions / lookup time: useful work only).
+    dictionary output), ``mac_ratio`` (dense MACs / LCNN MACs), ``speedup`` (median of
+    per-round dense / LCNN ratios, the two run alternately) and ``lookup_gflops``
+    (2 * nnz * output positions / lookup time: useful work only).
     """
     from mxnet.gluon import nn
     from .nn import sparse
@@ -124,8 +153,9 @@ def compare_layer(in_channels, channels, kernel, dictionary_size, density, in_si
     x = mx.nd.array(rng.normal(0, 1, x_shape).astype(np.float32), ctx=ctx)
     s = mx.nd.array(rng.normal(0, 1, s_shape).astype(np.float32), ctx=ctx)
     kw_t = dict(repeat=repeat, warmup=warmup, max_seconds=max_seconds)
-    dense_s = time_block(dense, x, **kw_t)
-    lcnn_s = time_block(lcnn, x, **kw_t)
+    dense_t, lcnn_t = time_blocks_interleaved([dense, lcnn], x, **kw_t)
+    dense_s, lcnn_s = float(np.median(dense_t)), float(np.median(lcnn_t))
+    speedup = float(np.median(np.array(dense_t) / np.array(lcnn_t)))
     lookup_s = time_block(stage, s, **kw_t)
     nnz = int(np.count_nonzero(lookup))
     dense_macs = channels * in_channels * kh * kw * ho * wo
@@ -136,7 +166,7 @@ def compare_layer(in_channels, channels, kernel, dictionary_size, density, in_si
                                                                            '%dx%d' % (ho, wo)),
         ('dictionary', dictionary_size), ('density', nnz / float(lookup.size)), ('batch', batch),
         ('dense_ms', dense_s * 1e3), ('lcnn_ms', lcnn_s * 1e3), ('lookup_ms', lookup_s * 1e3),
-        ('mac_ratio', dense_macs / float(lcnn_macs)), ('speedup', dense_s / lcnn_s),
+        ('mac_ratio', dense_macs / float(lcnn_macs)), ('speedup', speedup),
         ('lookup_gflops', 2.0 * nnz * ho * wo * batch / lookup_s / 1e9),
     ])
 
@@ -241,9 +271,9 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
     """Latency / throughput of zoo model ``name`` and its dense twin, measured in this process.
 
     Returns a list of OrderedDict rows, one per batch size, with ``dense_ms``, ``lcnn_ms``,
-    ``speedup`` (dense / LCNN), images/s of both, ``mac_ratio`` (theoretical, from flops) and
-    the kernel each lookup layer got; with ``breakdown`` also per-layer times of both nets at
-    the smallest batch.
+    ``speedup`` (median of per-round dense / LCNN ratios: the two run alternately), images/s
+    of both, ``mac_ratio`` (theoretical, from flops) and the kernel each lookup layer got; with
+    ``breakdown`` also per-layer times of both nets at the smallest batch.
     """
     twin = dense_twin_name(name)
     rows = []
@@ -253,15 +283,16 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
         dense, dense_train = build_inference(twin, shape, seed=seed)
         x = mx.nd.array(np.random.RandomState(seed).uniform(-1, 1, shape).astype(np.float32))
         kw = dict(repeat=repeat, warmup=warmup, max_seconds=max_seconds)
-        dense_s = time_block(dense, x, **kw)
-        lcnn_s = time_block(lcnn, x, **kw)
+        dense_t, lcnn_t = time_blocks_interleaved([dense, lcnn], x, **kw)
+        dense_s, lcnn_s = float(np.median(dense_t)), float(np.median(lcnn_t))
         one = (1, 3, size, size)
         lcnn_macs, dense_macs = total_macs(lcnn_train, one), total_macs(dense_train, one)
         row = OrderedDict([
             ('model', name), ('dense_twin', twin), ('threads', _threads()), ('batch', batch),
             ('input', '%dx%d' % (size, size)), ('density', _density_label(name, density)),
             ('dense_ms', dense_s * 1e3), ('lcnn_ms', lcnn_s * 1e3),
-            ('speedup', dense_s / lcnn_s),
+            # Median of per-round ratios: both nets ran alternately, under the same load.
+            ('speedup', float(np.median(np.array(dense_t) / np.array(lcnn_t)))),
             ('mac_ratio', dense_macs / lcnn_macs if lcnn_macs and dense_macs else None),
             ('dense_img_s', batch / dense_s), ('lcnn_img_s', batch / lcnn_s),
             ('kernels', OrderedDict((k, v['choice']) for k, v in lcnn.kernel_choices.items())),

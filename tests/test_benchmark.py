@@ -27,6 +27,14 @@ def test_time_block_hybridizes_and_times():
     assert block._active
 
 
+def test_interleaved_timing_alternates_blocks():
+    a, b = nn.Dense(4, in_units=3), nn.Dense(5, in_units=3)
+    for block in (a, b):
+        block.initialize()
+    times = benchmark.time_blocks_interleaved([a, b], mx.nd.ones((2, 3)), repeat=4, warmup=1)
+    assert [len(t) for t in times] == [4, 4] and min(min(t) for t in times) > 0
+
+
 @pytest.mark.parametrize('in_size', [(9, 8), None])
 def test_compare_layer_reports_both_paths(in_size):
     row = benchmark.compare_layer(6, 5, 3, dictionary_size=4, density=0.25, in_size=in_size,
