@@ -15,8 +15,10 @@ from collections import OrderedDict
 import mxnet as mx
 import numpy as np
 
-__all__ = ['time_call', 'time_block', 'compare_layer', 'compare_models', 'layer_breakdown',
-           'dense_twin_name', 'markdown_table', 'add_arguments', 'run', 'run_in_subprocess']
+__all__ = ['time_call', 'time_block', 'time_blocks_interleaved', 'random_lookup',
+           'compare_layer', 'layer_shapes', 'randomize_batchnorm', 'dense_twin_name',
+           'build_inference', 'total_macs', 'compare_models', 'layer_breakdown',
+           'markdown_table', 'render_models', 'add_arguments', 'run', 'run_in_subprocess']
 
 
 def time_call(fn, repeat=30, warmup=5, max_seconds=None):

@@ -422,16 +422,24 @@ def _input_shapes(net, slots, input_shape, ctx):
     return shapes
 
 
-def _time_blocks(blocks, shape, ctx, repeat, warmup):
-    """Median seconds of ``blocks`` applied in sequence to a random input of ``shape``."""
-    from .benchmark import time_block
-    seq = nn.HybridSequential(prefix='timing_')
-    seq.add(*blocks)
+def _time_candidates(candidates, shape, ctx, repeat, warmup, before=()):
+    """Median seconds of each candidate block (after the blocks ``before``) on one random input.
+
+    The candidates run alternately, round by round, so a shared machine's changing load hits
+    them alike; each gets at most ~1 s after 3 rounds, so big batches keep the search short.
+    """
+    from .benchmark import time_blocks_interleaved
+    chains = []
+    for block in candidates:
+        chain = nn.HybridSequential(prefix='timing_')
+        chain.add(*(list(before) + [block]))
+        chains.append(chain)
     x = mx.nd.random.uniform(-1, 1, shape=shape, ctx=ctx)
-    # At most ~1 s per candidate (after 3 runs): big batches would make the search slow.
-    seconds = time_block(seq, x, repeat=repeat, warmup=warmup, max_seconds=1.0)
-    seq.hybridize(False)  # drop the timing graphs; the caller hybridizes the whole net later
-    return seconds
+    times = time_blocks_interleaved(chains, x, repeat=repeat, warmup=warmup,
+                                    max_seconds=len(chains) * 1.0)
+    for chain in chains:
+        chain.hybridize(False)  # drop the timing graphs; the caller hybridizes the whole net
+    return [float(np.median(t)) for t in times]
 
 
 def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None, repeat=15,
@@ -512,8 +520,8 @@ def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None,
             candidates['dense_fc'] = layer.build_dense_fc(ctx)
         if len(candidates) == 1:
             continue
-        times = OrderedDict((name, _time_blocks([block], shape, **kw))
-                            for name, block in candidates.items())
+        times = OrderedDict(zip(candidates, _time_candidates(list(candidates.values()), shape,
+                                                             **kw)))
         pick = min(times, key=times.get)
         conv.choices[layer.prefix] = dict([('choice', pick), ('input_shape', shape)] +
                                           [(name + '_s', t) for name, t in times.items()])
@@ -525,8 +533,8 @@ def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None,
         if shape is None:
             continue
         before = [parent._children[prev_key]] if prev_key is not None else []
-        t_pool = _time_blocks(before + [parent._children[key]], shape, **kw)
-        t_slices = _time_blocks(before + [alternative], shape, **kw)
+        t_pool, t_slices = _time_candidates([parent._children[key], alternative], shape,
+                                            before=before, **kw)
         pick = 'slices' if t_slices < t_pool else 'mkldnn'
         conv.choices[alternative.prefix] = {'choice': pick, 'input_shape': shape,
                                             'mkldnn_s': t_pool, 'slices_s': t_slices}
