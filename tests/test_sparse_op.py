@@ -49,6 +49,7 @@ CONV_CASES = [
     (1, 3, 4, 40, (40, 37), (3, 3), (1, 1), (1, 1), 0.05, False, True, True),  # long rows
     (1, 3, 4, 8, (9, 150), (2, 3), (3, 70), (3, 4), 0.5, True, True, True),    # odd strides
     (2, 3, 4, 5, (70, 140), (3, 3), (1, 1), (1, 1), 0.2, False, True, False),  # 64+ wide rows
+    (1, 4, 64, 6, (27, 27), (3, 3), (1, 1), (1, 1), 0.05, True, True, True),   # row tiles
 ]
 
 
@@ -248,10 +249,13 @@ THREAD_SCRIPT = textwrap.dedent('''
     conv = SparseLookupConv2D(rng.randn(16, 6, 3, 3) * (rng.rand(16, 6, 3, 3) < .3),
                               bias=rng.randn(16), strides=2, padding=1, relu=True)
     dense = SparseLookupDense(rng.randn(32, 10) * (rng.rand(32, 10) < .3), bias=rng.randn(32))
-    conv.initialize(); dense.initialize()
+    tiled = SparseLookupConv2D(rng.randn(8, 64, 3, 3) * (rng.rand(8, 64, 3, 3) < .1),
+                               padding=1)
+    conv.initialize(); dense.initialize(); tiled.initialize()
     a = conv(mx.nd.array(rng.randn(3, 6, 15, 17))).asnumpy()
     b = dense(mx.nd.array(rng.randn(19, 10))).asnumpy()
-    np.savez(sys.argv[1], a=a, b=b)
+    c = tiled(mx.nd.array(rng.randn(2, 64, 40, 30))).asnumpy()
+    np.savez(sys.argv[1], a=a, b=b, c=c)
 ''')
 
 
@@ -263,5 +267,5 @@ def test_results_do_not_depend_on_thread_count(tmp_path):
         subprocess.run([sys.executable, '-c', THREAD_SCRIPT, path], check=True, env=env,
                        cwd=REPO, timeout=120)
         outs.append(np.load(path))
-    for key in ('a', 'b'):
+    for key in ('a', 'b', 'c'):
         np.testing.assert_array_equal(outs[0][key], outs[1][key])

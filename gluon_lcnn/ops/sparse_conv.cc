@@ -163,15 +163,53 @@ struct Channel {
   int64_t cnt;
   float bias;
   float* dst;            // output plane (Ho, Wo)
-  int64_t ho, wo, wph;   // output rows/columns, phase-plane row length
+  int64_t y0, y1;        // the output rows to compute (a tile of the plane)
+  int64_t wo, wph;       // output columns, phase-plane row length
 };
 
 // One output channel: full 64-wide blocks, then a tail of TAIL vectors per row (TAIL = 0: none).
+// R rows of NV vectors at once (rows wph apart in the input, wo apart in the output): each
+// non-zero's offset and value are loaded once for R*NV multiply-adds. Rows are stored in
+// ascending order, so a row's spill past its end is overwritten by the next row.
+template <int R, int NV, bool RELU>
+inline void lookup_rows(const float* __restrict src, int64_t wph, const int32_t* __restrict off,
+                        const float* __restrict val, int64_t n, float bias,
+                        float* __restrict dst, int64_t wo) {
+  v8 acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int k = 0; k < NV; ++k) acc[r][k] = v8{} + bias;
+  for (int64_t e = 0; e < n; ++e) {
+    const float* in = src + off[e];
+    const v8 v = v8{} + val[e];
+    for (int r = 0; r < R; ++r)
+      for (int k = 0; k < NV; ++k)
+        acc[r][k] += v * *reinterpret_cast<const v8u*>(in + r * wph + 8 * k);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int k = 0; k < NV; ++k) {
+      if (RELU) acc[r][k] = acc[r][k] > v8{} ? acc[r][k] : v8{};
+      *reinterpret_cast<v8u*>(dst + r * wo + 8 * k) = acc[r][k];
+    }
+}
+
+// Rows blocked together for a row of NV vectors (narrow layers): about 8-12 accumulators.
+constexpr int rows_for(int nv) { return nv <= 2 ? 4 : nv == 3 ? 3 : nv <= 6 ? 2 : 1; }
+
+// One output channel: full 64-wide blocks, then a tail of TAIL vectors per row (TAIL = 0: none).
+// Rows narrower than 64 are computed rows_for(TAIL) at a time.
 template <int TAIL, bool RELU>
 void lookup_channel(const Channel& c) {
   const int64_t full = c.wo / 64 * 64;
-  float* const end = c.dst + c.ho * c.wo;
-  for (int64_t y = 0; y < c.ho; ++y) {
+  // No spill past the tile: the next tile may be another thread's.
+  float* const end = c.dst + c.y1 * c.wo;
+  int64_t y = c.y0;
+  constexpr int R = rows_for(TAIL);
+  if (TAIL > 0 && R > 1 && full == 0) {
+    for (; y + R <= c.y1 && c.dst + (y + R - 1) * c.wo + 8 * TAIL <= end; y += R)
+      lookup_rows<R, (TAIL > 0 ? TAIL : 1), RELU>(c.base + y * c.wph, c.wph, c.off, c.val,
+                                                  c.cnt, c.bias, c.dst + y * c.wo, c.wo);
+  }
+  for (; y < c.y1; ++y) {
     const float* src = c.base + y * c.wph;
     float* row = c.dst + y * c.wo;
     for (int64_t x = 0; x < full; x += 64)
@@ -349,6 +387,14 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const bool relu = p.relu;
   const int tail = static_cast<int>((Wo % 64 + 7) / 8);
   const ChannelFn channel = relu ? channel_fn<true>(tail) : channel_fn<false>(tail);
+  // Output rows per tile: the input rows a tile reads from all phase planes stay within ~96 KB
+  // (L2), in whole multiples of the row blocking.
+  const int64_t rows_in = (kh - 1) / sh + 1;  // extra phase rows a tile reads
+  const int64_t row_bytes = 4 * d * sh * sw * wph;
+  const int64_t group = rows_for(tail);
+  int64_t tile_rows = std::max<int64_t>(1, (96 << 10) / std::max<int64_t>(row_bytes, 1) - rows_in);
+  tile_rows = std::max<int64_t>(group, tile_rows / group * group);
+  const int64_t tiles = (Ho + tile_rows - 1) / tile_rows;
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
     const int64_t nb = std::min(chunk, N - n0);
 #pragma omp parallel for schedule(static)
@@ -357,9 +403,11 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
       split_phases(S + ((n0 + n) * d + q) * H * W, H, W, p, hph, wph,
                    phases + n * sample + q * sh * sw * hph * wph);
     }
-#pragma omp parallel for schedule(static)
-    for (int64_t nr = 0; nr < nb * m; ++nr) {
-      const int64_t n = nr / m, r = nr % m;
+    // Work items (sample, row tile, channel), channels innermost: all channels of a tile reuse
+    // the same few input rows from cache. Dynamic chunks because channels differ in nnz.
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int64_t item = 0; item < nb * tiles * m; ++item) {
+      const int64_t r = item % m, tile = item / m % tiles, n = item / (m * tiles);
       Channel c;
       c.base = phases + n * sample;
       c.off = offsets + indptr[r];
@@ -367,11 +415,12 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
       c.cnt = indptr[r + 1] - indptr[r];
       c.bias = bias ? bias[r] : 0.f;
       c.dst = O + ((n0 + n) * m + r) * out_plane;
-      c.ho = Ho;
+      c.y0 = tile * tile_rows;
+      c.y1 = std::min(Ho, c.y0 + tile_rows);
       c.wo = Wo;
       c.wph = wph;
       if (c.cnt == 0) {
-        std::fill(c.dst, c.dst + out_plane, relu ? std::max(c.bias, 0.f) : c.bias);
+        std::fill(c.dst + c.y0 * Wo, c.dst + c.y1 * Wo, relu ? std::max(c.bias, 0.f) : c.bias);
       } else {
         channel(c);
       }
