@@ -483,8 +483,9 @@ def render_models(rows):
     """Markdown: the model table, then per-layer breakdowns where measured."""
     out = [markdown_table(rows, MODEL_COLUMNS)]
     for row in rows:
-        out.append('\nkernels of %s: %s' % (row['model'], ', '.join(
-            '%s=%s' % (k, v) for k, v in row['kernels'].items())))
+        kernels = ', '.join('%s=%s' % kv for kv in row['kernels'].items())
+        out.append('\nkernels of %s (%s threads, batch %d): %s'
+                   % (row['model'], row['threads'], row['batch'], kernels))
         if 'lcnn_layers' in row:
             for key, label in (('lcnn_layers', row['model']), ('dense_layers', row['dense_twin'])):
                 out.append('\n%s, %s threads, batch %d, per layer (sum alone %.3g ms; whole '
