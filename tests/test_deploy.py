@@ -312,6 +312,25 @@ def test_covering_conv_runs_as_fully_connected():
     assert rel_err(inf(x), net(x)) < RTOL
 
 
+def test_pools_and_covering_convs_export_and_import(tmp_path):
+    net = nn.HybridSequential()
+    net.add(LookupConv2D(6, 3, dictionary_size=3), nn.BatchNorm(), nn.Activation('relu'),
+            nn.MaxPool2D(3, 2, 1), LookupConv2D(7, 4, dictionary_size=2), nn.Flatten(),
+            nn.Dense(3))
+    x = mx.nd.random.normal(shape=(2, 3, 9, 9))
+    prepared(net, x, density=0.5)
+    ref = net(x)
+    layer = deploy._Layer(net[4])
+    inf = deploy.to_inference(net, choose='sparse', fast_pool=True)
+    inf._children['2'] = layer.build_sparse_fc(mx.cpu())  # fc form of the covering conv
+    inf.hybridize()
+    assert rel_err(inf(x), ref) < RTOL
+    inf.export(str(tmp_path / 'net'))
+    back = mx.gluon.SymbolBlock.imports(str(tmp_path / 'net-symbol.json'), ['data'],
+                                        str(tmp_path / 'net-0000.params'))
+    assert rel_err(back(x), ref) < RTOL
+
+
 def test_bad_arguments_raise():
     net = _residual_net()
     with pytest.raises(ValueError, match='not initialized'):
