@@ -61,12 +61,14 @@ def time_block(block, x, repeat=30, warmup=5, max_seconds=None, hybridize=True):
     return time_call(once, repeat=repeat, warmup=warmup, max_seconds=max_seconds)
 
 
-def time_blocks_interleaved(blocks, x, repeat=30, warmup=5, max_seconds=None):
+def time_blocks_interleaved(blocks, x, repeat=30, warmup=5, max_seconds=None, rewarm=1):
     """Per-round times of several blocks on the same input, run alternately.
 
-    One round runs every block once; alternating keeps a shared machine's changing load from
-    favouring whichever block happened to be timed in a quiet moment. Returns one list of
-    seconds per block (stops after at least 3 rounds once ``max_seconds`` have passed).
+    One round runs every block in turn: ``rewarm`` untimed runs (so its weights are back in
+    the cache, as in back-to-back inference), then one timed run. Alternating keeps a shared
+    machine's changing load from favouring whichever block happened to be timed in a quiet
+    moment. Returns one list of seconds per block (stops after at least 3 rounds once
+    ``max_seconds`` have passed).
     """
     calls = []
     for block in blocks:
@@ -80,6 +82,8 @@ def time_blocks_interleaved(blocks, x, repeat=30, warmup=5, max_seconds=None):
         start = time.perf_counter()
         for _ in range(repeat):
             for call, series in zip(calls, times):
+                for _ in range(rewarm):
+                    call()
                 t0 = time.perf_counter()
                 call()
                 series.append(time.perf_counter() - t0)
