@@ -34,6 +34,8 @@ const char* const kOp = "lcnn_sparse_conv";
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4)));  // unaligned load/store
 
+inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
+
 struct ConvParam {
   int64_t m, d, kernel[2], stride[2], pad[2];
   bool relu, no_bias;
@@ -144,10 +146,10 @@ inline void lookup_block(const float* __restrict src, const int32_t* __restrict 
                          const float* __restrict val, int64_t n, float bias,
                          float* __restrict dst) {
   v8 acc[NV];
-  for (int k = 0; k < NV; ++k) acc[k] = v8{} + bias;
+  for (int k = 0; k < NV; ++k) acc[k] = splat(bias);
   for (int64_t e = 0; e < n; ++e) {
     const float* in = src + off[e];
-    const v8 v = v8{} + val[e];
+    const v8 v = splat(val[e]);
     for (int k = 0; k < NV; ++k) acc[k] += v * *reinterpret_cast<const v8u*>(in + 8 * k);
   }
   if (RELU) {
@@ -177,10 +179,10 @@ inline void lookup_rows(const float* __restrict src, int64_t wph, const int32_t*
                         float* __restrict dst, int64_t wo) {
   v8 acc[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int k = 0; k < NV; ++k) acc[r][k] = v8{} + bias;
+    for (int k = 0; k < NV; ++k) acc[r][k] = splat(bias);
   for (int64_t e = 0; e < n; ++e) {
     const float* in = src + off[e];
-    const v8 v = v8{} + val[e];
+    const v8 v = splat(val[e]);
     for (int r = 0; r < R; ++r)
       for (int k = 0; k < NV; ++k)
         acc[r][k] += v * *reinterpret_cast<const v8u*>(in + r * wph + 8 * k);
@@ -220,7 +222,11 @@ void lookup_channel(const Channel& c) {
       } else {  // the last row's spill would leave the plane: go through a buffer
         float buf[8 * (TAIL > 0 ? TAIL : 1)];
         lookup_block<TAIL, RELU>(src + full, c.off, c.val, c.cnt, c.bias, buf);
-        std::memcpy(row + full, buf, sizeof(float) * (c.wo - full));
+        const int64_t rest = c.wo - full;  // < 8 * TAIL; short: no memcpy call
+        int64_t x = 0;
+        for (; x + 8 <= rest; x += 8)
+          *reinterpret_cast<v8u*>(row + full + x) = *reinterpret_cast<const v8u*>(buf + x);
+        for (; x < rest; ++x) row[full + x] = buf[x];
       }
     }
   }
@@ -267,29 +273,48 @@ void split_row(const float* row, int64_t W, int64_t pw, int64_t sw_any, int64_t 
 void split_phases(const float* img, int64_t H, int64_t W, const ConvParam& p, int64_t hph,
                   int64_t wph, float* planes) {
   const int64_t sh = p.stride[0], sw = p.stride[1], plane = hph * wph;
+  if (sh == 1 && sw == 1) {  // the common case: one zero-padded plane, rows copied in vectors
+    const int64_t ph = p.pad[0], pw = p.pad[1];
+    std::memset(planes, 0, sizeof(float) * ph * wph);
+    std::memset(planes + (ph + H) * wph, 0, sizeof(float) * (hph - ph - H) * wph);
+    for (int64_t y = 0; y < H; ++y) {
+      float* row = planes + (y + ph) * wph;
+      const float* src = img + y * W;
+      for (int64_t x = 0; x < pw; ++x) row[x] = 0.f;
+      float* out = row + pw;
+      int64_t x = 0;
+      for (; x + 8 <= W; x += 8)
+        *reinterpret_cast<v8u*>(out + x) = *reinterpret_cast<const v8u*>(src + x);
+      for (; x < W; ++x) out[x] = src[x];
+      for (int64_t x2 = pw + W; x2 < wph; ++x2) row[x2] = 0.f;
+    }
+    return;
+  }
   float* dst[64];  // sw phase rows; sw <= 4096 is checked, larger strides take the slow loop
-  for (int64_t row = 0; row < hph * sh; ++row) {
-    const int64_t pi = row % sh, u = row / sh, y = row - p.pad[0];
-    if (sw > 64) {  // unusual: write element by element
-      for (int64_t w = 0; w < wph; ++w)
-        for (int64_t pj = 0; pj < sw; ++pj) {
-          const int64_t x = w * sw + pj - p.pad[1];
-          planes[(pi * sw + pj) * plane + u * wph + w] =
-              (y >= 0 && y < H && x >= 0 && x < W) ? img[y * W + x] : 0.f;
-        }
-      continue;
-    }
-    for (int64_t pj = 0; pj < sw; ++pj) dst[pj] = planes + (pi * sw + pj) * plane + u * wph;
-    if (y < 0 || y >= H) {
-      for (int64_t pj = 0; pj < sw; ++pj) std::memset(dst[pj], 0, sizeof(float) * wph);
-      continue;
-    }
-    const float* src = img + y * W;
-    switch (sw) {
-      case 1: split_row<1>(src, W, p.pad[1], sw, wph, dst); break;
-      case 2: split_row<2>(src, W, p.pad[1], sw, wph, dst); break;
-      case 4: split_row<4>(src, W, p.pad[1], sw, wph, dst); break;
-      default: split_row<0>(src, W, p.pad[1], sw, wph, dst); break;
+  for (int64_t pi = 0; pi < sh; ++pi) {
+    for (int64_t u = 0; u < hph; ++u) {
+      const int64_t y = u * sh + pi - p.pad[0];
+      if (sw > 64) {  // unusual: write element by element
+        for (int64_t w = 0; w < wph; ++w)
+          for (int64_t pj = 0; pj < sw; ++pj) {
+            const int64_t x = w * sw + pj - p.pad[1];
+            planes[(pi * sw + pj) * plane + u * wph + w] =
+                (y >= 0 && y < H && x >= 0 && x < W) ? img[y * W + x] : 0.f;
+          }
+        continue;
+      }
+      for (int64_t pj = 0; pj < sw; ++pj) dst[pj] = planes + (pi * sw + pj) * plane + u * wph;
+      if (y < 0 || y >= H) {
+        for (int64_t pj = 0; pj < sw; ++pj) std::memset(dst[pj], 0, sizeof(float) * wph);
+        continue;
+      }
+      const float* src = img + y * W;
+      switch (sw) {
+        case 1: split_row<1>(src, W, p.pad[1], sw, wph, dst); break;
+        case 2: split_row<2>(src, W, p.pad[1], sw, wph, dst); break;
+        case 4: split_row<4>(src, W, p.pad[1], sw, wph, dst); break;
+        default: split_row<0>(src, W, p.pad[1], sw, wph, dst); break;
+      }
     }
   }
 }
@@ -395,34 +420,45 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   int64_t tile_rows = std::max<int64_t>(1, (96 << 10) / std::max<int64_t>(row_bytes, 1) - rows_in);
   tile_rows = std::max<int64_t>(group, tile_rows / group * group);
   const int64_t tiles = (Ho + tile_rows - 1) / tile_rows;
+  const int64_t planes_per_q = sh * sw * hph * wph;
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
     const int64_t nb = std::min(chunk, N - n0);
-#pragma omp parallel for schedule(static)
-    for (int64_t nq = 0; nq < nb * d; ++nq) {
-      const int64_t n = nq / d, q = nq % d;
-      split_phases(S + ((n0 + n) * d + q) * H * W, H, W, p, hph, wph,
-                   phases + n * sample + q * sh * sw * hph * wph);
-    }
-    // Work items (sample, row tile, channel), channels innermost: all channels of a tile reuse
-    // the same few input rows from cache. Dynamic chunks because channels differ in nnz.
-#pragma omp parallel for schedule(dynamic, 4)
-    for (int64_t item = 0; item < nb * tiles * m; ++item) {
-      const int64_t r = item % m, tile = item / m % tiles, n = item / (m * tiles);
-      Channel c;
-      c.base = phases + n * sample;
-      c.off = offsets + indptr[r];
-      c.val = value + indptr[r];
-      c.cnt = indptr[r + 1] - indptr[r];
-      c.bias = bias ? bias[r] : 0.f;
-      c.dst = O + ((n0 + n) * m + r) * out_plane;
-      c.y0 = tile * tile_rows;
-      c.y1 = std::min(Ho, c.y0 + tile_rows);
-      c.wo = Wo;
-      c.wph = wph;
-      if (c.cnt == 0) {
-        std::fill(c.dst + c.y0 * Wo, c.dst + c.y1 * Wo, relu ? std::max(c.bias, 0.f) : c.bias);
-      } else {
-        channel(c);
+    // One parallel region; nested loops rather than a flattened index, because 64-bit
+    // divisions per work item cost as much as a small layer's whole channel.
+#pragma omp parallel
+    {
+      for (int64_t n = 0; n < nb; ++n) {
+#pragma omp for schedule(static) nowait
+        for (int64_t q = 0; q < d; ++q)
+          split_phases(S + ((n0 + n) * d + q) * H * W, H, W, p, hph, wph,
+                       phases + n * sample + q * planes_per_q);
+      }
+#pragma omp barrier
+      // Work items (sample, row tile, channel), channels innermost: all channels of a tile
+      // reuse the same few input rows from cache. Dynamic chunks: channels differ in nnz.
+      for (int64_t n = 0; n < nb; ++n) {
+        for (int64_t tile = 0; tile < tiles; ++tile) {
+#pragma omp for schedule(dynamic, 8) nowait
+          for (int64_t r = 0; r < m; ++r) {
+            Channel c;
+            c.base = phases + n * sample;
+            c.off = offsets + indptr[r];
+            c.val = value + indptr[r];
+            c.cnt = indptr[r + 1] - indptr[r];
+            c.bias = bias ? bias[r] : 0.f;
+            c.dst = O + ((n0 + n) * m + r) * out_plane;
+            c.y0 = tile * tile_rows;
+            c.y1 = std::min(Ho, c.y0 + tile_rows);
+            c.wo = Wo;
+            c.wph = wph;
+            if (c.cnt == 0) {
+              std::fill(c.dst + c.y0 * Wo, c.dst + c.y1 * Wo,
+                        relu ? std::max(c.bias, 0.f) : c.bias);
+            } else {
+              channel(c);
+            }
+          }
+        }
       }
     }
   }

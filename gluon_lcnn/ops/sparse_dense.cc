@@ -25,6 +25,8 @@ const char* const kOp = "lcnn_sparse_dense";
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4)));
 
+inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
+
 struct DenseParam {
   int64_t units, d;
   bool relu, no_bias;
@@ -179,9 +181,9 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   for (int64_t u = 0; u < units; ++u) {
     const float b = bias ? bias[u] : 0.f;
     for (int64_t n0 = 0; n0 < np; n0 += 8) {
-      v8 acc = v8{} + b;
+      v8 acc = splat(b);
       for (int32_t e = indptr[u]; e < indptr[u + 1]; ++e)
-        acc += (v8{} + value[e]) * *reinterpret_cast<const v8u*>(st + dict_index[e] * np + n0);
+        acc += splat(value[e]) * *reinterpret_cast<const v8u*>(st + dict_index[e] * np + n0);
       const int64_t lim = std::min<int64_t>(8, N - n0);
       for (int64_t k = 0; k < lim; ++k)
         O[(n0 + k) * units + u] = relu ? std::max(acc[k], 0.f) : acc[k];
