@@ -54,7 +54,7 @@ def train_args(records, save_dir, *extra):
     return [SCRIPT, '--model', 'lenet_lcnn_fast', '--num-classes', '4', '--data-shape',
             '3,32,32', '--rec-train', str(records / 'train.rec'),
             '--rec-train-idx', str(records / 'train.idx'), '--rec-val', str(records / 'val.rec'),
-            '--rec-val-idx', str(records / 'val.idx'), '--batch-size', '4', '--lr', '0.02',
+            '--rec-val-idx', str(records / 'val.idx'), '--batch-size', '8', '--lr', '0.01',
             '--warmup-epochs', '0.5', '--augment', 'none', '--l1-lambda', '1e-3',
             '--data-nthreads', '1', '--no-progress', '--save-dir', str(save_dir)] + list(extra)
 
@@ -80,7 +80,9 @@ def accuracy_line(stdout):
 @pytest.fixture(scope='module')
 def two_worker_run(records, tmp_path_factory):
     save = tmp_path_factory.mktemp('run') / 'ckpt'
-    stdout = run(horovodrun() + train_args(records, save, '--num-epochs', '2', '--debug-digest'))
+    # A non-default threshold: --test-only must pick it up from checkpoint.json.
+    stdout = run(horovodrun() + train_args(records, save, '--num-epochs', '2', '--debug-digest',
+                                           '--initial-sparsity', '0.05'))
     return save, stdout
 
 
@@ -103,7 +105,8 @@ def test_two_workers_train_and_agree(two_worker_run):
 def test_resume_continues_at_next_epoch(records, two_worker_run, tmp_path):
     save = tmp_path / 'ckpt'
     shutil.copytree(two_worker_run[0], save)
-    stdout = run(horovodrun() + train_args(records, save, '--num-epochs', '3', '--resume'))
+    stdout = run(horovodrun() + train_args(records, save, '--num-epochs', '3', '--resume',
+                                           '--initial-sparsity', '0.05'))
     assert 'continuing at epoch 3' in stdout
     assert '[epoch 3/3]' in stdout and '[epoch 1/3]' not in stdout
     assert [h['epoch'] for h in read_json(save / 'metrics.json')['history']] == [1, 2, 3]
@@ -113,7 +116,8 @@ def test_resume_continues_at_next_epoch(records, two_worker_run, tmp_path):
 
 
 def test_test_only_reproduces_accuracy_without_horovod(records, two_worker_run):
-    """--test-only on the epoch-2 checkpoint, in one process with horovod made unimportable."""
+    """--test-only on the epoch-2 checkpoint, in one process with horovod made unimportable
+    and without --initial-sparsity (the threshold comes from checkpoint.json)."""
     save, _ = two_worker_run
     reported = read_json(save / 'metrics.json')['history'][-1]['val_top1']
     block = ("import sys, runpy; sys.modules['horovod'] = None; sys.argv = sys.argv[1:]; "

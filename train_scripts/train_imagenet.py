@@ -13,6 +13,7 @@ installed) the same code runs as one process. ``--dataset fashion-mnist`` swaps 
 input for Fashion-MNIST (see train_fashion_mnist.py); ``--synthetic`` feeds random tensors.
 """
 import argparse
+import json
 import os
 import time
 
@@ -156,6 +157,14 @@ def main(argv=None, defaults=None):
     mx.random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
 
+    if args.params and args.initial_sparsity is None:
+        # The lookup threshold is not stored with the parameters; take it from the training
+        # run's checkpoint.json when the file sits in its save directory.
+        meta_path = os.path.join(os.path.dirname(os.path.abspath(args.params)),
+                                 training.CHECKPOINT_FILE)
+        if os.path.isfile(meta_path):
+            with open(meta_path) as f:
+                args.initial_sparsity = json.load(f).get('args', {}).get('initial_sparsity')
     net = build_net(args)
     net.initialize(mx.init.Xavier(rnd_type='gaussian', factor_type='in', magnitude=2), ctx=ctx)
     # One forward pass settles every deferred shape (lookup dictionaries, dense inputs), so all
