@@ -1,7 +1,8 @@
 """Layer benchmark: every lookup layer shape of AlexNet / ResNet-18 (224x224), dense vs LCNN.
 
-For each shape, in one process on the same input: MKLDNN's dense Conv2D (or Dense) with bias,
-the LCNN path (1x1 dictionary conv + sparse lookup op, bias) and the sparse lookup stage alone,
+For each shape, in one process on the same input (run alternately): MKLDNN's dense Conv2D (or
+Dense) with bias, the LCNN path (1x1 dictionary conv + sparse lookup op, bias; for fc6, whose
+kernel covers its input, also its fully connected form) and the sparse lookup stage alone,
 with random P at the published per-layer densities (AlexNet) or the zoo's assumed ones
 (ResNet-18). Prints a markdown table (MAC ratio beside the measured ratio, the lookup stage's
 useful GFLOP/s) and writes benchmarks/results/layers.json + layers.md.
@@ -21,6 +22,7 @@ from gluon_lcnn.model_zoo.common import ASSUMED_DENSITIES, PUBLISHED_DENSITIES  
 COLUMNS = [('model', 'model'), ('layer', 'layer'), ('in_channels', 'c'), ('channels', 'm'),
            ('kernel', 'k'), ('stride', 's'), ('in_size', 'input'), ('dictionary', 'd'),
            ('density', 'density'), ('dense_ms', 'dense ms'), ('lcnn_ms', 'LCNN ms'),
+           ('fc_form_ms', 'LCNN fc form ms'),
            ('lookup_ms', 'lookup ms'), ('mac_ratio', 'MAC ratio'), ('speedup', 'measured'),
            ('lookup_gflops', 'lookup GFLOP/s')]
 

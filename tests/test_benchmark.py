@@ -41,8 +41,14 @@ def test_compare_layer_reports_both_paths(in_size):
                                   strides=2, padding=1, repeat=3, warmup=1)
     for key in ('dense_ms', 'lcnn_ms', 'lookup_ms', 'speedup', 'mac_ratio', 'lookup_gflops'):
         assert row[key] > 0, key
-    assert row['out_size'] == ('5x4' if in_size else '1x1')
+    assert row['out_size'] == ('5x4' if in_size else '1x1') and row['fc_form_ms'] is None
     assert abs(row['density'] - 0.25) < 0.01
+
+
+def test_compare_layer_times_the_fc_form_of_a_covering_conv():
+    row = benchmark.compare_layer(4, 6, (3, 2), dictionary_size=3, density=0.3, in_size=(3, 2),
+                                  repeat=3, warmup=1)
+    assert row['out_size'] == '1x1' and row['fc_form_ms'] > 0 and row['speedup'] > 0
 
 
 def test_layer_shapes_of_a_zoo_model():
