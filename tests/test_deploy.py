@@ -218,6 +218,8 @@ SMALL = {
     'lenet': (dict(), (2, 1, 28, 28)),
     'alexnet': (dict(thumbnail=True, input_size=32, fc_units=128, classes=10), (2, 3, 32, 32)),
     'resnet': (dict(thumbnail=True, classes=10), (2, 3, 32, 32)),
+    'vgg': (dict(thumbnail=True, input_size=32, fc_units=128, classes=10), (1, 3, 32, 32)),
+    'jacintonet': (dict(thumbnail=True, classes=10), (2, 3, 32, 32)),
 }
 LCNN_MODELS = [name for name in list_models() if 'lcnn' in name]
 
