@@ -345,8 +345,10 @@ def _threads():
 def _leaves(block):
     """Blocks timed one by one in a breakdown: inference layers and child-less blocks."""
     from mxnet.gluon import nn
+    from .deploy import CoveringConv
     from .nn import sparse
-    kinds = (nn.Conv2D, nn.Dense, sparse.SparseLookupConv2D, sparse.SparseLookupDense)
+    kinds = (nn.Conv2D, nn.Dense, sparse.SparseLookupConv2D, sparse.SparseLookupDense,
+             CoveringConv)
     if isinstance(block, kinds) or not block._children:
         return [block]
     return [leaf for child in block._children.values() for leaf in _leaves(child)]
