@@ -10,6 +10,7 @@ useful GFLOP/s) and writes benchmarks/results/layers.json + layers.md.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_layers.py
 """
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -61,12 +62,18 @@ def main():
             rows.append(row)
             print(benchmark.markdown_table([row], COLUMNS).splitlines()[-1], flush=True)
     threads = os.environ.get('OMP_NUM_THREADS', 'default')
-    text = ('Layer benchmark, batch %d, OMP_NUM_THREADS=%s, %dx%d input\n\n%s\n'
-            % (args.batch, threads, args.size, args.size, benchmark.markdown_table(rows, COLUMNS)))
+    command = 'OMP_NUM_THREADS=%s .venv/bin/python benchmarks/bench_layers.py %s' % (
+        threads, ' '.join(sys.argv[1:]))
+    when = datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M UTC')
+    load = ' '.join('%.1f' % v for v in os.getloadavg())
+    text = ('`%s`\n\n%s, load average %s. Batch %d, %dx%d input; speedup: dense vs the faster '
+            'LCNN form, median of per-round ratios.\n\n%s\n'
+            % (command.strip(), when, load, args.batch, args.size, args.size,
+               benchmark.markdown_table(rows, COLUMNS)))
     print('\n' + text)
     with open(args.out + '.json', 'w') as f:
-        json.dump({'threads': threads, 'batch': args.batch, 'size': args.size, 'rows': rows},
-                  f, indent=1)
+        json.dump({'command': command.strip(), 'date': when, 'load': load, 'threads': threads,
+                   'batch': args.batch, 'size': args.size, 'rows': rows}, f, indent=1)
     with open(args.out + '.md', 'w') as f:
         f.write(text)
 
