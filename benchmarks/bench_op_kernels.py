@@ -4,12 +4,15 @@ For each AlexNet LCNN-fast conv layer (DESIGN.md: shapes, dictionary sizes, publ
 densities) this times, in one process and on the same input:
 
 - dense : mx.nd.Convolution with a dense weight of the layer's shape (MKLDNN),
-- dict  : the 1x1 dictionary convolution c -> d (MKLDNN),
-- lookup: mx.nd.lcnn_sparse_conv on the dictionary output, random P at the published density,
+- lcnn  : mx.nd.lcnn_sparse_conv with the dictionary fused (x -> output, one call; what
+          SparseLookupConv2D runs by default), random P at the published density,
+- dict + lookup: the unfused pair, a 1x1 mx.nd.Convolution (MKLDNN) for S = D x and
+          mx.nd.lcnn_sparse_conv on S,
 
-median of many runs after warm-up. It prints the useful GFLOP/s of the lookup stage
-(2 * nnz * H' * W' per image), the measured speedup dense / (dict + lookup), the theoretical MAC
-ratio dense / (dictionary + lookup MACs) and their quotient (the fraction of the theoretical
+median of many runs after warm-up, the calls interleaved round by round so that load from
+other processes hits all of them alike. It prints the useful GFLOP/s of the lookup stage
+(2 * nnz * H' * W' per image), the measured speedup dense / lcnn, the theoretical MAC ratio
+dense / (dictionary + lookup MACs) and their quotient (the fraction of the theoretical
 speedup realised). MXNet charges every imperative op call a fixed cost (Python, dispatch) of
 tens of microseconds, which dominates the small 13x13 layers at batch 1; it is measured once
 (the op on a 1x1 input) and "kernel GF/s" is the lookup throughput with it subtracted.
@@ -45,15 +48,22 @@ ALEXNET_FAST = [
 ]
 
 
-def median_time(fn, repeat, warmup):
+def median_times(fns, repeat, warmup):
+    """Median seconds of each function, called in interleaved rounds."""
     for _ in range(warmup):
-        fn().wait_to_read()
-    times = []
+        for fn in fns:
+            fn().wait_to_read()
+    times = [[] for _ in fns]
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn().wait_to_read()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn().wait_to_read()
+            bucket.append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times]
+
+
+def median_time(fn, repeat, warmup):
+    return median_times([fn], repeat, warmup)[0]
 
 
 def call_overhead(repeat, warmup):
@@ -90,19 +100,24 @@ def bench_layer(name, c, m, hw, k, s, p, d, density, batch, repeat, warmup, rng,
     def lookup_op():
         return mx.nd.lcnn_sparse_conv(s_in, *ops, bias, **attrs)
 
+    def fused_op():
+        return mx.nd.lcnn_sparse_conv(x, dictionary, *ops, bias, with_dictionary=True, **attrs)
+
     out = lookup_op()
+    err = float(mx.nd.abs(fused_op() - out).max().asscalar())
+    assert err <= 1e-3 * (1 + float(mx.nd.abs(out).max().asscalar())), err
     ho, wo = out.shape[2:]
-    t_dense = median_time(dense, repeat, warmup)
-    t_dict = median_time(dict_conv, repeat, warmup)
-    t_lookup = median_time(lookup_op, repeat, warmup)
+    t_dense, t_fused, t_dict, t_lookup = median_times(
+        [dense, fused_op, dict_conv, lookup_op], repeat, warmup)
     pos = batch * ho * wo
     dense_macs = m * c * k * k * pos
     dict_macs = d * c * h * w * batch
     lookup_macs = packed.nnz * pos
-    ratio = t_dense / (t_dict + t_lookup)
+    ratio = t_dense / t_fused
     mac_ratio = dense_macs / float(dict_macs + lookup_macs)
     return dict(layer=name, batch=batch, density=packed.nnz / float(lookup.size), nnz=packed.nnz,
-                dense_ms=1e3 * t_dense, dict_ms=1e3 * t_dict, lookup_ms=1e3 * t_lookup,
+                dense_ms=1e3 * t_dense, lcnn_ms=1e3 * t_fused, dict_ms=1e3 * t_dict,
+                lookup_ms=1e3 * t_lookup, speedup_unfused=t_dense / (t_dict + t_lookup),
                 dense_gflops=2e-9 * dense_macs / t_dense,
                 lookup_gflops=2e-9 * lookup_macs / t_lookup,
                 kernel_gflops=2e-9 * lookup_macs / max(t_lookup - overhead, 1e-9),
@@ -124,8 +139,8 @@ def main(argv=None):
           'one lcnn_sparse_conv call: %.1f us'
           % (os.environ['OMP_NUM_THREADS'], os.environ['MXNET_ENGINE_TYPE'], args.batch,
              args.repeat, 1e6 * overhead))
-    header = ('layer', 'density', 'dense ms', 'dense GF/s', 'dict ms', 'lookup ms',
-              'lookup GF/s', 'kernel GF/s', 'speedup', 'MAC ratio', 'realised')
+    header = ('layer', 'density', 'dense ms', 'dense GF/s', 'lcnn ms', 'dict + lookup ms',
+              'lookup GF/s', 'kernel GF/s', 'speedup', 'unfused', 'MAC ratio', 'realised')
     print('| ' + ' | '.join(header) + ' |')
     print('|' + '---|' * len(header))
     for spec in ALEXNET_FAST:
@@ -134,10 +149,12 @@ def main(argv=None):
         row = bench_layer(*spec, batch=args.batch, repeat=args.repeat, warmup=args.warmup,
                           rng=rng, overhead=overhead)
         rows.append(row)
-        print('| %s | %.3f | %.3f | %.1f | %.3f | %.3f | %.1f | %.1f | %.1fx | %.1fx | %.0f%% |' % (
-            row['layer'], row['density'], row['dense_ms'], row['dense_gflops'], row['dict_ms'],
-            row['lookup_ms'], row['lookup_gflops'], row['kernel_gflops'], row['speedup'],
-            row['mac_ratio'], 100 * row['efficiency']))
+        print('| %s | %.3f | %.3f | %.1f | %.3f | %.3f + %.3f | %.1f | %.1f | %.1fx | %.1fx '
+              '| %.1fx | %.0f%% |' % (
+                  row['layer'], row['density'], row['dense_ms'], row['dense_gflops'],
+                  row['lcnn_ms'], row['dict_ms'], row['lookup_ms'], row['lookup_gflops'],
+                  row['kernel_gflops'], row['speedup'], row['speedup_unfused'],
+                  row['mac_ratio'], 100 * row['efficiency']))
         sys.stdout.flush()
     if args.json:
         with open(args.json, 'w') as f:

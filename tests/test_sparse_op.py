@@ -53,8 +53,9 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.parametrize('fuse', [True, False])
 @pytest.mark.parametrize('case', CONV_CASES)
-def test_conv_matches_dense_convolution(case):
+def test_conv_matches_dense_convolution(case, fuse):
     n, c, d, m, (h, w), kernel, stride, pad, density, relu, use_dict, use_bias = case
     rng = np.random.RandomState(hash(case) % 2 ** 31)
     lookup = random_lookup((m, d) + kernel, density, rng)
@@ -62,7 +63,7 @@ def test_conv_matches_dense_convolution(case):
     bias = rng.randn(m).astype(np.float32) if use_bias else None
     x = rng.randn(n, c if use_dict else d, h, w).astype(np.float32)
     block = SparseLookupConv2D(lookup, bias=bias, dictionary=dictionary, strides=stride,
-                               padding=pad, relu=relu)
+                               padding=pad, relu=relu, fuse_dictionary=fuse)
     block.initialize()
     want = dense_conv_reference(x, lookup, dictionary, bias, stride, pad, relu)
     got = block(mx.nd.array(x)).asnumpy()
@@ -269,3 +270,17 @@ def test_results_do_not_depend_on_thread_count(tmp_path):
         outs.append(np.load(path))
     for key in ('a', 'b', 'c'):
         np.testing.assert_array_equal(outs[0][key], outs[1][key])
+
+
+@pytest.mark.parametrize('dict_shape,data_channels,message', [
+    ((4, 5, 1, 1), 5, 'dictionary must have shape'),   # 4 rows, dictionary_size=3
+    ((3, 5, 2, 1), 5, 'dictionary must have shape'),
+    ((3, 5, 1, 1), 6, 'wrong data channels'),
+])
+def test_fused_dictionary_rejects_mismatches(dict_shape, data_channels, message):
+    arrays, attrs = conv_inputs()
+    args = [mx.nd.array(np.ones((1, data_channels, 6, 6))), mx.nd.ones(dict_shape)]
+    args += [mx.nd.array(arrays[k], dtype=arrays[k].dtype)
+             for k in ('indptr', 'dict_index', 'kernel_offset', 'value')]
+    with pytest.raises(MXNetError, match=message):
+        mx.nd.lcnn_sparse_conv(*args, with_dictionary=True, no_bias=True, **attrs).asnumpy()

@@ -4,8 +4,12 @@ A trained lookup layer is y = P * (D x) + b with a sparse P. These blocks take t
 thresholded) lookup tensor, pack it once into compressed rows (``pack_lookup``) held as constant
 parameters, and compute
 
-    S = D x            (F.Convolution 1x1 / F.FullyConnected, dense, skipped if D is None)
+    S = D x            (1x1 conv / F.FullyConnected, dense, skipped if D is None)
     y = lookup(S) + b  (F.lcnn_sparse_conv / F.lcnn_sparse_dense, optional fused ReLU)
+
+For convolutions the operator computes S itself by default (``fuse_dictionary=True``: one op
+call and no MKLDNN 1x1 convolution, which at batch 1 costs more in fixed overhead than the
+small dictionary product does); ``fuse_dictionary=False`` uses ``F.Convolution`` for S.
 
 Everything lives in constants (grad_req 'null'), so ``hybridize()``, ``export()``,
 ``SymbolBlock.imports`` and the Module API work after ``import gluon_lcnn``. Inference only:
@@ -168,10 +172,12 @@ class SparseLookupConv2D(_SparseLookupBase):
     relu : bool
         Fuse a ReLU after the bias.
     prefix : str or None
+    fuse_dictionary : bool, default True
+        Compute S = D x inside the sparse operator instead of a separate 1x1 F.Convolution.
     """
 
     def __init__(self, lookup, bias=None, dictionary=None, strides=1, padding=0, relu=False,
-                 prefix=None, params=None):
+                 prefix=None, params=None, fuse_dictionary=True):
         super().__init__(prefix=prefix, params=params)
         packed = pack_lookup(lookup)
         if len(packed.shape) != 4:
@@ -185,6 +191,7 @@ class SparseLookupConv2D(_SparseLookupBase):
                              '%r, %r' % (strides, padding))
         self._kernel = (kh, kw)
         self._relu = bool(relu)
+        self._fuse = bool(fuse_dictionary)
         if dictionary is not None:
             dictionary = _to_numpy(dictionary, 'dictionary')
             if dictionary.ndim == 2:
@@ -215,12 +222,18 @@ class SparseLookupConv2D(_SparseLookupBase):
     def hybrid_forward(self, F, x, indptr, dict_index, kernel_offset, value, dictionary=None,
                        bias=None):
         d = self.dictionary_size
-        s = x if dictionary is None else F.Convolution(
-            x, dictionary, kernel=(1, 1), num_filter=d, no_bias=True, name='dict')
-        args = [s, indptr, dict_index, kernel_offset, value] + ([bias] if bias is not None else [])
+        fused = dictionary is not None and self._fuse
+        if dictionary is None or fused:
+            head = [x, dictionary] if fused else [x]
+        else:
+            head = [F.Convolution(x, dictionary, kernel=(1, 1), num_filter=d, no_bias=True,
+                                  name='dict')]
+        args = head + [indptr, dict_index, kernel_offset, value] + (
+            [bias] if bias is not None else [])
         return F.lcnn_sparse_conv(*args, num_filter=self.channels, dictionary_size=d,
                                   kernel=self._kernel, stride=self._strides, pad=self._padding,
-                                  relu=self._relu, no_bias=bias is None, name='lookup')
+                                  relu=self._relu, no_bias=bias is None, with_dictionary=fused,
+                                  name='lookup')
 
     def __repr__(self):
         return ('{name}({cin} -> {m}, kernel_size={k}, stride={s}, padding={p}, '

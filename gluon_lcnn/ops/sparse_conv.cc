@@ -38,7 +38,11 @@ inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
 
 struct ConvParam {
   int64_t m, d, kernel[2], stride[2], pad[2];
-  bool relu, no_bias;
+  bool relu, no_bias, with_dictionary;
+  // Input positions: with_dictionary inserts the dictionary after data and shifts the rest.
+  int dict() const { return 1; }
+  int indptr() const { return with_dictionary ? 2 : 1; }
+  int count() const { return (with_dictionary ? 6 : 5) + (no_bias ? 0 : 1); }
 };
 
 bool parse(const Attrs& attrs, ConvParam* p) {
@@ -49,15 +53,22 @@ bool parse(const Attrs& attrs, ConvParam* p) {
          get_pair(kOp, attrs, "stride", true, 1, 1, 4096, p->stride) &&
          get_pair(kOp, attrs, "pad", true, 0, 0, 4096, p->pad) &&
          get_bool(kOp, attrs, "relu", false, &p->relu) &&
-         get_bool(kOp, attrs, "no_bias", false, &p->no_bias);
+         get_bool(kOp, attrs, "no_bias", false, &p->no_bias) &&
+         get_bool(kOp, attrs, "with_dictionary", false, &p->with_dictionary);
 }
 
-const char* const kNames[] = {"data", "indptr", "dict_index", "kernel_offset", "value", "bias"};
+std::vector<const char*> input_names(const ConvParam& p) {
+  std::vector<const char*> names = {"data"};
+  if (p.with_dictionary) names.push_back("dictionary");
+  for (const char* n : {"indptr", "dict_index", "kernel_offset", "value"}) names.push_back(n);
+  if (!p.no_bias) names.push_back("bias");
+  return names;
+}
 
 MXReturnValue parse_attrs(const Attrs& attrs, int* num_in, int* num_out) {
   ConvParam p;
   if (!parse(attrs, &p)) return MX_FAIL;
-  *num_in = p.no_bias ? 5 : 6;
+  *num_in = p.count();
   *num_out = 1;
   return MX_SUCCESS;
 }
@@ -66,11 +77,12 @@ MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
   ConvParam p;
   if (!parse(attrs, &p)) return MX_FAIL;
-  std::vector<int> want = {mxnet::ext::kFloat32, mxnet::ext::kInt32, mxnet::ext::kInt32,
-                           mxnet::ext::kInt32, mxnet::ext::kFloat32};
+  std::vector<int> want = {mxnet::ext::kFloat32};
+  if (p.with_dictionary) want.push_back(mxnet::ext::kFloat32);
+  for (int t : {mxnet::ext::kInt32, mxnet::ext::kInt32, mxnet::ext::kInt32, mxnet::ext::kFloat32})
+    want.push_back(t);
   if (!p.no_bias) want.push_back(mxnet::ext::kFloat32);
-  std::vector<const char*> names(kNames, kNames + want.size());
-  if (!check_types(kOp, names, want, in_types)) return MX_FAIL;
+  if (!check_types(kOp, input_names(p), want, in_types)) return MX_FAIL;
   (*out_types)[0] = mxnet::ext::kFloat32;
   return MX_SUCCESS;
 }
@@ -85,50 +97,71 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, const char* axis) 
   return (in + 2 * p - k) / s + 1;
 }
 
+// Checks the dictionary's shape against data (N, c, H, W): (d, c, 1, 1) or (d, c).
+template <typename Shape>
+bool check_dictionary(const ConvParam& p, const Shape& dict, int64_t c) {
+  const bool ok = (dict.size() == 4 && dict[2] == 1 && dict[3] == 1) || dict.size() == 2;
+  if (!ok || static_cast<int64_t>(dict[0]) != p.d) {
+    MX_ERROR_MSG << kOp << ": dictionary must have shape (dictionary_size, c, 1, 1) = ("
+                 << p.d << ", c, 1, 1), got " << shape_str(dict);
+    return false;
+  }
+  if (static_cast<int64_t>(dict[1]) != c) {
+    MX_ERROR_MSG << kOp << ": wrong data channels: data has " << c
+                 << " channels but the dictionary expects " << dict[1];
+    return false;
+  }
+  return true;
+}
+
 MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
   ConvParam p;
   if (!parse(attrs, &p)) return MX_FAIL;
-  const size_t n_in = p.no_bias ? 5 : 6;
-  if (in->size() != n_in) {
-    MX_ERROR_MSG << kOp << ": expected " << n_in << " inputs, got " << in->size();
+  const std::vector<const char*> names = input_names(p);
+  if (in->size() != names.size()) {
+    MX_ERROR_MSG << kOp << ": expected " << names.size() << " inputs, got " << in->size();
     return MX_FAIL;
   }
+  const int ip = p.indptr(), ib = ip + 4;  // indptr, then dict_index, kernel_offset, value
   // Shapes that follow from the attributes are filled in when unknown.
-  if ((*in)[1].empty()) (*in)[1] = {static_cast<unsigned>(p.m + 1)};
-  if (!p.no_bias && (*in)[5].empty()) (*in)[5] = {static_cast<unsigned>(p.m)};
+  if ((*in)[ip].empty()) (*in)[ip] = {static_cast<unsigned>(p.m + 1)};
+  if (!p.no_bias && (*in)[ib].empty()) (*in)[ib] = {static_cast<unsigned>(p.m)};
   const auto& data = (*in)[0];
   if (data.size() != 4) {
-    MX_ERROR_MSG << kOp << ": data must be 4-D (N, dictionary_size, H, W), got shape "
-                 << shape_str(data);
+    MX_ERROR_MSG << kOp << ": data must be 4-D (N, C, H, W), got shape " << shape_str(data);
     return MX_FAIL;
   }
-  if (data[1] != p.d) {
+  if (p.with_dictionary) {
+    auto& dict = (*in)[p.dict()];
+    if (dict.empty()) dict = {static_cast<unsigned>(p.d), data[1], 1, 1};
+    if (!check_dictionary(p, dict, data[1])) return MX_FAIL;
+  } else if (data[1] != p.d) {
     MX_ERROR_MSG << kOp << ": wrong data channels: data has " << data[1]
                  << " channels but dictionary_size=" << p.d << " (data shape "
                  << shape_str(data) << ")";
     return MX_FAIL;
   }
-  if ((*in)[1].size() != 1 || (*in)[1][0] != p.m + 1) {
+  if ((*in)[ip].size() != 1 || (*in)[ip][0] != p.m + 1) {
     MX_ERROR_MSG << kOp << ": indptr must have shape (num_filter + 1,) = (" << p.m + 1
-                 << ",), got " << shape_str((*in)[1]);
+                 << ",), got " << shape_str((*in)[ip]);
     return MX_FAIL;
   }
-  const auto& idx = (*in)[2];
-  for (int k = 2; k <= 4; ++k) {
+  const auto& idx = (*in)[ip + 1];
+  for (int k = ip + 1; k <= ip + 3; ++k) {
     if ((*in)[k].size() != 1 || (*in)[k][0] == 0) {
-      MX_ERROR_MSG << kOp << ": " << kNames[k] << " must be 1-D and non-empty, got "
+      MX_ERROR_MSG << kOp << ": " << names[k] << " must be 1-D and non-empty, got "
                    << shape_str((*in)[k]);
       return MX_FAIL;
     }
     if ((*in)[k] != idx) {
-      MX_ERROR_MSG << kOp << ": nnz mismatch: " << kNames[k] << " has shape "
+      MX_ERROR_MSG << kOp << ": nnz mismatch: " << names[k] << " has shape "
                    << shape_str((*in)[k]) << " but dict_index has " << shape_str(idx);
       return MX_FAIL;
     }
   }
-  if (!p.no_bias && ((*in)[5].size() != 1 || (*in)[5][0] != p.m)) {
+  if (!p.no_bias && ((*in)[ib].size() != 1 || (*in)[ib][0] != p.m)) {
     MX_ERROR_MSG << kOp << ": bias must have shape (num_filter,) = (" << p.m << ",), got "
-                 << shape_str((*in)[5]);
+                 << shape_str((*in)[ib]);
     return MX_FAIL;
   }
   const int64_t ho = out_size(data[2], p.kernel[0], p.stride[0], p.pad[0], "height");
@@ -137,6 +170,55 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
   (*out)[0] = {data[0], static_cast<unsigned>(p.m), static_cast<unsigned>(ho),
                static_cast<unsigned>(wo)};
   return MX_SUCCESS;
+}
+
+// The fused dictionary: S[q, t] = sum_c D[q, c] X[c, t] over a block of QB dictionary rows and
+// 8*NV pixels, accumulated in QB*NV vector registers (the transposed dictionary Dt (c, d)
+// supplies one broadcast per row and input channel). Reads X only inside [t, t + 8*NV).
+template <int QB, int NV>
+inline void dict_block(const float* __restrict x, int64_t T, int64_t C,
+                       const float* __restrict dt, int64_t d, float* __restrict s) {
+  v8 acc[QB][NV];
+  for (int i = 0; i < QB; ++i)
+    for (int k = 0; k < NV; ++k) acc[i][k] = v8{};
+  for (int64_t c = 0; c < C; ++c, x += T, dt += d) {
+    v8 xv[NV];
+    for (int k = 0; k < NV; ++k) xv[k] = *reinterpret_cast<const v8u*>(x + 8 * k);
+    for (int i = 0; i < QB; ++i) {
+      const v8 w = splat(dt[i]);
+      for (int k = 0; k < NV; ++k) acc[i][k] += w * xv[k];
+    }
+  }
+  for (int i = 0; i < QB; ++i)
+    for (int k = 0; k < NV; ++k) *reinterpret_cast<v8u*>(s + i * T + 8 * k) = acc[i][k];
+}
+
+template <int NV>
+void dict_pixels(const float* x, int64_t T, int64_t C, const float* dt, int64_t d, float* s) {
+  int64_t q = 0;
+  for (; q + 6 <= d; q += 6) dict_block<6, NV>(x, T, C, dt + q, d, s + q * T);
+  switch (d - q) {
+    case 1: dict_block<1, NV>(x, T, C, dt + q, d, s + q * T); break;
+    case 2: dict_block<2, NV>(x, T, C, dt + q, d, s + q * T); break;
+    case 3: dict_block<3, NV>(x, T, C, dt + q, d, s + q * T); break;
+    case 4: dict_block<4, NV>(x, T, C, dt + q, d, s + q * T); break;
+    case 5: dict_block<5, NV>(x, T, C, dt + q, d, s + q * T); break;
+    default: break;
+  }
+}
+
+// S (d, T) = D X for pixels [t0, t1) of one image X (C, T).
+void dictionary_range(const float* X, int64_t T, int64_t C, const float* dt, int64_t d,
+                      int64_t t0, int64_t t1, float* S) {
+  int64_t t = t0;
+  for (; t + 16 <= t1; t += 16) dict_pixels<2>(X + t, T, C, dt, d, S + t);
+  for (; t + 8 <= t1; t += 8) dict_pixels<1>(X + t, T, C, dt, d, S + t);
+  for (; t < t1; ++t)  // fewer than 8 pixels left in the image
+    for (int64_t q = 0; q < d; ++q) {
+      float acc = 0.f;
+      for (int64_t c = 0; c < C; ++c) acc += dt[c * d + q] * X[c * T + t];
+      S[q * T + t] = acc;
+    }
 }
 
 // dst[0 .. 8*NV) = bias + sum_e val[e] * src[off[e] ..], ReLU'd if RELU: 8*NV outputs kept in
@@ -324,29 +406,32 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   ConvParam p;
   if (!parse(attrs, &p)) return MX_FAIL;
   std::vector<MXTensor>& in = *inputs;
-  const size_t n_in = p.no_bias ? 5 : 6;
-  if (in.size() != n_in || outputs->size() != 1) {
-    MX_ERROR_MSG << kOp << ": expected " << n_in << " inputs and 1 output";
+  const std::vector<const char*> names = input_names(p);
+  if (in.size() != names.size() || outputs->size() != 1) {
+    MX_ERROR_MSG << kOp << ": expected " << names.size() << " inputs and 1 output";
     return MX_FAIL;
   }
-  for (size_t k = 0; k < n_in; ++k) {
+  for (size_t k = 0; k < in.size(); ++k) {
     if (in[k].ctx.dev_type != "cpu") {
-      MX_ERROR_MSG << kOp << ": only CPU is supported, input '" << kNames[k] << "' is on "
+      MX_ERROR_MSG << kOp << ": only CPU is supported, input '" << names[k] << "' is on "
                    << in[k].ctx.dev_type;
       return MX_FAIL;
     }
   }
   // Cheap re-checks of what infer_shape established (shapes cannot change behind our back in
   // the symbolic path, but imperative callers reach forward with whatever they pass).
+  const int ip = p.indptr(), ib = ip + 4;
   const std::vector<int64_t>& ds = in[0].shape;
-  if (ds.size() != 4 || ds[1] != p.d || in[1].shape.size() != 1 || in[1].shape[0] != p.m + 1 ||
-      in[2].shape.size() != 1 || in[3].shape != in[2].shape || in[4].shape != in[2].shape ||
-      (!p.no_bias && (in[5].shape.size() != 1 || in[5].shape[0] != p.m))) {
+  if (ds.size() != 4 || (!p.with_dictionary && ds[1] != p.d) ||
+      (p.with_dictionary && !check_dictionary(p, in[p.dict()].shape, ds[1])) ||
+      in[ip].shape.size() != 1 || in[ip].shape[0] != p.m + 1 || in[ip + 1].shape.size() != 1 ||
+      in[ip + 2].shape != in[ip + 1].shape || in[ip + 3].shape != in[ip + 1].shape ||
+      (!p.no_bias && (in[ib].shape.size() != 1 || in[ib].shape[0] != p.m))) {
     MX_ERROR_MSG << kOp << ": input shapes do not match the attributes (data "
-                 << shape_str(ds) << ", indptr " << shape_str(in[1].shape) << ")";
+                 << shape_str(ds) << ", indptr " << shape_str(in[ip].shape) << ")";
     return MX_FAIL;
   }
-  const int64_t N = ds[0], H = ds[2], W = ds[3];
+  const int64_t N = ds[0], C = ds[1], H = ds[2], W = ds[3];
   const int64_t kh = p.kernel[0], kw = p.kernel[1], sh = p.stride[0], sw = p.stride[1];
   const int64_t Ho = out_size(H, kh, sh, p.pad[0], "height");
   const int64_t Wo = out_size(W, kw, sw, p.pad[1], "width");
@@ -357,12 +442,12 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                  << p.m << ", " << Ho << ", " << Wo << ")";
     return MX_FAIL;
   }
-  const int32_t* indptr = in[1].data<int32_t>();
-  const int32_t* dict_index = in[2].data<int32_t>();
-  const int32_t* kernel_offset = in[3].data<int32_t>();
-  const float* value = in[4].data<float>();
-  const float* bias = p.no_bias ? nullptr : in[5].data<float>();
-  const int64_t entries = in[2].shape[0];
+  const int32_t* indptr = in[ip].data<int32_t>();
+  const int32_t* dict_index = in[ip + 1].data<int32_t>();
+  const int32_t* kernel_offset = in[ip + 2].data<int32_t>();
+  const float* value = in[ip + 3].data<float>();
+  const float* bias = p.no_bias ? nullptr : in[ib].data<float>();
+  const int64_t entries = in[ip + 1].shape[0];
   if (!check_packed(kOp, indptr, p.m, entries, dict_index, p.d, kernel_offset, kh * kw))
     return MX_FAIL;
 
@@ -371,29 +456,35 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int64_t wph = (W + 2 * p.pad[1] + sw - 1) / sw;
   const int64_t plane = hph * wph;
   const int64_t sample = p.d * sh * sw * plane;  // floats of one sample's phase planes
-  const int64_t limit = INT_MAX;  // alloc_cpu takes an int byte count; the parts stay < limit/4
-  if (4 * (sample + kSlack) > limit / 4 ||
-      4 * (entries + kh * kw) > limit / 4) {
+  // With the fused dictionary, S = D x of each sample is staged before the phase split.
+  const int64_t staged = p.with_dictionary ? p.d * H * W : 0;
+  const int64_t dict_floats = p.with_dictionary ? p.d * C : 0;
+  const int64_t limit = INT_MAX;  // alloc_cpu takes an int byte count; the parts stay < limit/5
+  if (4 * (sample + staged + kSlack) > limit / 5 || 4 * (entries + kh * kw) > limit / 5 ||
+      4 * dict_floats > limit / 5) {
     MX_ERROR_MSG << kOp << ": input " << shape_str(ds) << " is too large for one call";
     return MX_FAIL;
   }
-  // Samples per chunk so the phase buffer stays under ~256 MB.
+  // Samples per chunk so the phase (and staging) buffers stay under ~256 MB.
   const int64_t chunk = std::max<int64_t>(
-      1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * sample)));
+      1, std::min<int64_t>(N, (int64_t(256) << 20) / (4 * (sample + staged))));
   const int64_t nnz = indptr[p.m];
-  // One allocation carved in two: alloc_cpu hands out MXNet's temporary workspace, and a
+  // One allocation carved in parts: alloc_cpu hands out MXNet's temporary workspace, and a
   // second call would return (a resized) the same memory.
   const int64_t phase_floats = chunk * sample + kSlack;
+  const int64_t staged_floats = chunk * staged;
   const int64_t off_ints = std::max<int64_t>(nnz, 1) + kh * kw;
-  char* scratch = static_cast<char*>(res.alloc_cpu(
-      static_cast<int>(4 * (phase_floats + off_ints) + 64)));
-  float* phases = scratch ? reinterpret_cast<float*>(
-      scratch + (64 - reinterpret_cast<uintptr_t>(scratch) % 64) % 64) : nullptr;
-  int32_t* offsets = phases ? reinterpret_cast<int32_t*>(phases + phase_floats) : nullptr;
-  if (!phases) {
+  char* scratch = static_cast<char*>(res.alloc_cpu(static_cast<int>(
+      4 * (phase_floats + staged_floats + dict_floats + off_ints) + 64)));
+  if (!scratch) {
     MX_ERROR_MSG << kOp << ": could not allocate scratch memory";
     return MX_FAIL;
   }
+  float* phases = reinterpret_cast<float*>(
+      scratch + (64 - reinterpret_cast<uintptr_t>(scratch) % 64) % 64);
+  float* staging = phases + phase_floats;
+  float* dict_t = staging + staged_floats;
+  int32_t* offsets = reinterpret_cast<int32_t*>(dict_t + dict_floats);
   std::memset(phases + chunk * sample, 0, sizeof(float) * kSlack);
   // Kernel position (i, j) reads phase plane (i mod sh, j mod sw) shifted by (i / sh) rows and
   // (j / sw) columns: a table over the kh*kw positions keeps divisions out of the entry loop.
@@ -406,7 +497,13 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   for (int64_t e = 0; e < nnz; ++e)
     offsets[e] = static_cast<int32_t>(dict_index[e] * dict_stride) +
                  kernel_table[kernel_offset[e]];
-  const float* S = in[0].data<float>();
+  const float* X = in[0].data<float>();
+  if (p.with_dictionary) {  // Dt (C, d): the row of d weights each input channel broadcasts
+    const float* D = in[p.dict()].data<float>();
+    for (int64_t q = 0; q < p.d; ++q)
+      for (int64_t c = 0; c < C; ++c) dict_t[c * p.d + q] = D[q * C + c];
+  }
+  const int64_t HW = H * W, dict_items = (HW + 255) / 256;
   float* O = (*outputs)[0].data<float>();
   const int64_t m = p.m, d = p.d, out_plane = Ho * Wo;
   const bool relu = p.relu;
@@ -427,10 +524,22 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
     // divisions per work item cost as much as a small layer's whole channel.
 #pragma omp parallel
     {
+      // S of each sample: the input itself, or D x computed here in 256-pixel work items.
+      const float* S = X + n0 * d * HW;
+      if (p.with_dictionary) {
+        for (int64_t n = 0; n < nb; ++n) {
+#pragma omp for schedule(static) nowait
+          for (int64_t item = 0; item < dict_items; ++item)
+            dictionary_range(X + (n0 + n) * C * HW, HW, C, dict_t, d, item * 256,
+                             std::min(HW, item * 256 + 256), staging + n * d * HW);
+        }
+#pragma omp barrier
+        S = staging;
+      }
       for (int64_t n = 0; n < nb; ++n) {
 #pragma omp for schedule(static) nowait
         for (int64_t q = 0; q < d; ++q)
-          split_phases(S + ((n0 + n) * d + q) * H * W, H, W, p, hph, wph,
+          split_phases(S + (n * d + q) * HW, H, W, p, hph, wph,
                        phases + n * sample + q * planes_per_q);
       }
 #pragma omp barrier
