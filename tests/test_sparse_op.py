@@ -248,12 +248,13 @@ THREAD_SCRIPT = textwrap.dedent('''
     from gluon_lcnn.nn import SparseLookupConv2D, SparseLookupDense
     rng = np.random.RandomState(7)
     conv = SparseLookupConv2D(rng.randn(16, 6, 3, 3) * (rng.rand(16, 6, 3, 3) < .3),
-                              bias=rng.randn(16), strides=2, padding=1, relu=True)
+                              bias=rng.randn(16), dictionary=rng.randn(6, 5), strides=2,
+                              padding=1, relu=True)
     dense = SparseLookupDense(rng.randn(32, 10) * (rng.rand(32, 10) < .3), bias=rng.randn(32))
     tiled = SparseLookupConv2D(rng.randn(8, 64, 3, 3) * (rng.rand(8, 64, 3, 3) < .1),
                                padding=1)
     conv.initialize(); dense.initialize(); tiled.initialize()
-    a = conv(mx.nd.array(rng.randn(3, 6, 15, 17))).asnumpy()
+    a = conv(mx.nd.array(rng.randn(3, 5, 40, 37))).asnumpy()
     b = dense(mx.nd.array(rng.randn(19, 10))).asnumpy()
     c = tiled(mx.nd.array(rng.randn(2, 64, 40, 30))).asnumpy()
     np.savez(sys.argv[1], a=a, b=b, c=c)
