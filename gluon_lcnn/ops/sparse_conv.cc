@@ -173,19 +173,20 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
 }
 
 // The fused dictionary: S[q, t] = sum_c D[q, c] X[c, t] over a block of QB dictionary rows and
-// 8*NV pixels, accumulated in QB*NV vector registers (the transposed dictionary Dt (c, d)
-// supplies one broadcast per row and input channel). Reads X only inside [t, t + 8*NV).
+// 8*NV pixels, accumulated in QB*NV vector registers; each step broadcasts one weight per row
+// (QB sequential streams through D) against NV vectors of one input channel. Reads X only
+// inside [t, t + 8*NV).
 template <int QB, int NV>
 inline void dict_block(const float* __restrict x, int64_t T, int64_t C,
-                       const float* __restrict dt, int64_t d, float* __restrict s) {
+                       const float* __restrict dq, float* __restrict s) {
   v8 acc[QB][NV];
   for (int i = 0; i < QB; ++i)
     for (int k = 0; k < NV; ++k) acc[i][k] = v8{};
-  for (int64_t c = 0; c < C; ++c, x += T, dt += d) {
+  for (int64_t c = 0; c < C; ++c, x += T, ++dq) {
     v8 xv[NV];
     for (int k = 0; k < NV; ++k) xv[k] = *reinterpret_cast<const v8u*>(x + 8 * k);
     for (int i = 0; i < QB; ++i) {
-      const v8 w = splat(dt[i]);
+      const v8 w = splat(dq[i * C]);
       for (int k = 0; k < NV; ++k) acc[i][k] += w * xv[k];
     }
   }
@@ -194,29 +195,33 @@ inline void dict_block(const float* __restrict x, int64_t T, int64_t C,
 }
 
 template <int NV>
-void dict_pixels(const float* x, int64_t T, int64_t C, const float* dt, int64_t d, float* s) {
+void dict_pixels(const float* x, int64_t T, int64_t C, const float* D, int64_t d, float* s) {
   int64_t q = 0;
-  for (; q + 6 <= d; q += 6) dict_block<6, NV>(x, T, C, dt + q, d, s + q * T);
+  for (; q + 6 <= d; q += 6) dict_block<6, NV>(x, T, C, D + q * C, s + q * T);
   switch (d - q) {
-    case 1: dict_block<1, NV>(x, T, C, dt + q, d, s + q * T); break;
-    case 2: dict_block<2, NV>(x, T, C, dt + q, d, s + q * T); break;
-    case 3: dict_block<3, NV>(x, T, C, dt + q, d, s + q * T); break;
-    case 4: dict_block<4, NV>(x, T, C, dt + q, d, s + q * T); break;
-    case 5: dict_block<5, NV>(x, T, C, dt + q, d, s + q * T); break;
+    case 1: dict_block<1, NV>(x, T, C, D + q * C, s + q * T); break;
+    case 2: dict_block<2, NV>(x, T, C, D + q * C, s + q * T); break;
+    case 3: dict_block<3, NV>(x, T, C, D + q * C, s + q * T); break;
+    case 4: dict_block<4, NV>(x, T, C, D + q * C, s + q * T); break;
+    case 5: dict_block<5, NV>(x, T, C, D + q * C, s + q * T); break;
     default: break;
   }
 }
 
-// S (d, T) = D X for pixels [t0, t1) of one image X (C, T).
-void dictionary_range(const float* X, int64_t T, int64_t C, const float* dt, int64_t d,
+// S (d, T) = D X for pixels [t0, t1) of one image X (C, T); D is (d, C) row-major.
+void dictionary_range(const float* X, int64_t T, int64_t C, const float* D, int64_t d,
                       int64_t t0, int64_t t1, float* S) {
   int64_t t = t0;
-  for (; t + 16 <= t1; t += 16) dict_pixels<2>(X + t, T, C, dt, d, S + t);
-  for (; t + 8 <= t1; t += 8) dict_pixels<1>(X + t, T, C, dt, d, S + t);
-  for (; t < t1; ++t)  // fewer than 8 pixels left in the image
+  for (; t + 16 <= t1; t += 16) dict_pixels<2>(X + t, T, C, D, d, S + t);
+  for (; t + 8 <= t1; t += 8) dict_pixels<1>(X + t, T, C, D, d, S + t);
+  if (t < t1 && t1 - t0 >= 8) {  // the last < 8 pixels: one block ending at t1 (recomputes a
+    dict_pixels<1>(X + t1 - 8, T, C, D, d, S + t1 - 8);  // few of this range's pixels)
+    t = t1;
+  }
+  for (; t < t1; ++t)  // a range of fewer than 8 pixels
     for (int64_t q = 0; q < d; ++q) {
       float acc = 0.f;
-      for (int64_t c = 0; c < C; ++c) acc += dt[c * d + q] * X[c * T + t];
+      for (int64_t c = 0; c < C; ++c) acc += D[q * C + c] * X[c * T + t];
       S[q * T + t] = acc;
     }
 }
@@ -458,10 +463,8 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int64_t sample = p.d * sh * sw * plane;  // floats of one sample's phase planes
   // With the fused dictionary, S = D x of each sample is staged before the phase split.
   const int64_t staged = p.with_dictionary ? p.d * H * W : 0;
-  const int64_t dict_floats = p.with_dictionary ? p.d * C : 0;
   const int64_t limit = INT_MAX;  // alloc_cpu takes an int byte count; the parts stay < limit/5
-  if (4 * (sample + staged + kSlack) > limit / 5 || 4 * (entries + kh * kw) > limit / 5 ||
-      4 * dict_floats > limit / 5) {
+  if (4 * (sample + staged + kSlack) > limit / 5 || 4 * (entries + kh * kw) > limit / 5) {
     MX_ERROR_MSG << kOp << ": input " << shape_str(ds) << " is too large for one call";
     return MX_FAIL;
   }
@@ -475,7 +478,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int64_t staged_floats = chunk * staged;
   const int64_t off_ints = std::max<int64_t>(nnz, 1) + kh * kw;
   char* scratch = static_cast<char*>(res.alloc_cpu(static_cast<int>(
-      4 * (phase_floats + staged_floats + dict_floats + off_ints) + 64)));
+      4 * (phase_floats + staged_floats + off_ints) + 64)));
   if (!scratch) {
     MX_ERROR_MSG << kOp << ": could not allocate scratch memory";
     return MX_FAIL;
@@ -483,8 +486,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   float* phases = reinterpret_cast<float*>(
       scratch + (64 - reinterpret_cast<uintptr_t>(scratch) % 64) % 64);
   float* staging = phases + phase_floats;
-  float* dict_t = staging + staged_floats;
-  int32_t* offsets = reinterpret_cast<int32_t*>(dict_t + dict_floats);
+  int32_t* offsets = reinterpret_cast<int32_t*>(staging + staged_floats);
   std::memset(phases + chunk * sample, 0, sizeof(float) * kSlack);
   // Kernel position (i, j) reads phase plane (i mod sh, j mod sw) shifted by (i / sh) rows and
   // (j / sw) columns: a table over the kh*kw positions keeps divisions out of the entry loop.
@@ -498,11 +500,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
     offsets[e] = static_cast<int32_t>(dict_index[e] * dict_stride) +
                  kernel_table[kernel_offset[e]];
   const float* X = in[0].data<float>();
-  if (p.with_dictionary) {  // Dt (C, d): the row of d weights each input channel broadcasts
-    const float* D = in[p.dict()].data<float>();
-    for (int64_t q = 0; q < p.d; ++q)
-      for (int64_t c = 0; c < C; ++c) dict_t[c * p.d + q] = D[q * C + c];
-  }
+  const float* D = p.with_dictionary ? in[p.dict()].data<float>() : nullptr;
   const int64_t HW = H * W, dict_items = (HW + 255) / 256;
   float* O = (*outputs)[0].data<float>();
   const int64_t m = p.m, d = p.d, out_plane = Ho * Wo;
@@ -530,7 +528,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
         for (int64_t n = 0; n < nb; ++n) {
 #pragma omp for schedule(static) nowait
           for (int64_t item = 0; item < dict_items; ++item)
-            dictionary_range(X + (n0 + n) * C * HW, HW, C, dict_t, d, item * 256,
+            dictionary_range(X + (n0 + n) * C * HW, HW, C, D, d, item * 256,
                              std::min(HW, item * 256 + 256), staging + n * d * HW);
         }
 #pragma omp barrier
