@@ -285,3 +285,12 @@ def test_fused_dictionary_rejects_mismatches(dict_shape, data_channels, message)
              for k in ('indptr', 'dict_index', 'kernel_offset', 'value')]
     with pytest.raises(MXNetError, match=message):
         mx.nd.lcnn_sparse_conv(*args, with_dictionary=True, no_bias=True, **attrs).asnumpy()
+
+
+def test_build_reports_missing_compiler(monkeypatch):
+    from gluon_lcnn.ops import build
+    monkeypatch.setenv('CXX', 'no-such-compiler-xyz')
+    with pytest.raises(build.BuildError, match='no C.. compiler found'):
+        build.find_compiler()
+    monkeypatch.delenv('CXX')
+    assert build.is_current()  # the library in use was built from the present sources
