@@ -80,6 +80,7 @@ def test_conv_matches_dense_convolution(case, fuse):
     (1, True, 0.3, True, False),
     (3, False, 0.3, True, True),
     (20, True, 0.3, True, True),     # transposed, vectorised-over-batch path
+    (70, True, 0.3, True, False),    # 64-sample register blocks plus a tail
     (13, True, 1.0, False, False),
     (4, True, 0.0, True, True),
 ])

@@ -168,6 +168,15 @@ bool check_packed(const char* op, const int32_t* indptr, int64_t rows, int64_t e
                  << "arrays hold " << entries << " (expected " << expect << ")";
     return false;
   }
+  // A branch-free pass first (vectorises: this runs on every call); the slow loop below only
+  // locates the offending entry for the message.
+  const uint32_t dmax = static_cast<uint32_t>(dict_size), kmax = static_cast<uint32_t>(kernel_size);
+  uint32_t bad = 0;
+  for (int64_t e = 0; e < entries; ++e) bad |= static_cast<uint32_t>(dict_index[e]) >= dmax;
+  if (kernel_offset) {
+    for (int64_t e = 0; e < entries; ++e) bad |= static_cast<uint32_t>(kernel_offset[e]) >= kmax;
+  }
+  if (!bad) return true;
   for (int64_t e = 0; e < entries; ++e) {
     if (dict_index[e] < 0 || dict_index[e] >= dict_size) {
       MX_ERROR_MSG << op << ": bad dictionary index: dict_index[" << e << "]=" << dict_index[e]

@@ -4,8 +4,8 @@
 //
 // S (N, d) is the dictionary output, the lookup matrix P (units, d) arrives as compressed rows:
 // indptr (units+1,), dict_index and value per non-zero. For small batches each output is a
-// short gather-sum; from 8 samples on, S is transposed once so that every non-zero becomes a
-// contiguous multiply-add over the batch held in vector registers.
+// gather-sum with four partial sums; from 8 samples on, S is transposed once so that every
+// non-zero becomes a contiguous multiply-add over up to 64 samples held in vector registers.
 #include <omp.h>
 
 #include <algorithm>
@@ -26,6 +26,35 @@ typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4)));
 
 inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
+
+// out[0 .. 8*NV) = bias + sum_e val[e] * st[idx[e] * np ..]: 8*NV samples of one output unit
+// in NV vector registers.
+template <int NV, bool RELU>
+void dense_block(const float* __restrict st, int64_t np, const int32_t* __restrict idx,
+                 const float* __restrict val, int32_t n, float bias, float* __restrict out) {
+  v8 acc[NV];
+  for (int k = 0; k < NV; ++k) acc[k] = splat(bias);
+  for (int32_t e = 0; e < n; ++e) {
+    const float* in = st + idx[e] * np;
+    const v8 v = splat(val[e]);
+    for (int k = 0; k < NV; ++k) acc[k] += v * *reinterpret_cast<const v8u*>(in + 8 * k);
+  }
+  for (int k = 0; k < NV; ++k) {
+    if (RELU) acc[k] = acc[k] > v8{} ? acc[k] : v8{};
+    *reinterpret_cast<v8u*>(out + 8 * k) = acc[k];
+  }
+}
+
+typedef void (*BlockFn)(const float*, int64_t, const int32_t*, const float*, int32_t, float,
+                        float*);
+
+template <bool RELU>
+BlockFn tail_fn(int nv) {
+  static const BlockFn table[8] = {
+      dense_block<1, RELU>, dense_block<1, RELU>, dense_block<2, RELU>, dense_block<3, RELU>,
+      dense_block<4, RELU>, dense_block<5, RELU>, dense_block<6, RELU>, dense_block<7, RELU>};
+  return table[nv];
+}
 
 struct DenseParam {
   int64_t units, d;
@@ -151,22 +180,42 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   if (N < 8) {
 #pragma omp parallel for schedule(static) if (work > 32768)
     for (int64_t u = 0; u < units; ++u) {
+      const int32_t e0 = indptr[u], e1 = indptr[u + 1];
       for (int64_t n = 0; n < N; ++n) {
         const float* s = S + n * d;
-        float acc = bias ? bias[u] : 0.f;
-        for (int32_t e = indptr[u]; e < indptr[u + 1]; ++e) acc += value[e] * s[dict_index[e]];
+        // Four partial sums: one chain of dependent adds would wait on every multiply-add.
+        float a0 = bias ? bias[u] : 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+        int32_t e = e0;
+        for (; e + 4 <= e1; e += 4) {
+          a0 += value[e] * s[dict_index[e]];
+          a1 += value[e + 1] * s[dict_index[e + 1]];
+          a2 += value[e + 2] * s[dict_index[e + 2]];
+          a3 += value[e + 3] * s[dict_index[e + 3]];
+        }
+        for (; e < e1; ++e) a0 += value[e] * s[dict_index[e]];
+        const float acc = (a0 + a1) + (a2 + a3);
         O[n * units + u] = relu ? std::max(acc, 0.f) : acc;
       }
     }
     return MX_SUCCESS;
   }
-  // Batched: St (d, Np) with Np = N rounded up to 8; non-zero e adds value * St[q_e, :].
+  // Batched: St (d, Np) with Np = N rounded up to 8; non-zero e adds value * St[q_e, :] to up
+  // to 64 samples held in registers (independent accumulators, one pass over the row).
   const int64_t np = (N + 7) / 8 * 8;
   if (static_cast<int64_t>(sizeof(float)) * (d * np + kSlack) > INT_MAX / 2) {
     MX_ERROR_MSG << kOp << ": input " << shape_str(ds) << " is too large for one call";
     return MX_FAIL;
   }
-  float* st = static_cast<float*>(res.alloc_cpu(static_cast<int>(sizeof(float) * d * np)));
+  // One allocation (alloc_cpu returns the same workspace twice): St, then the output
+  // transposed, Ot (units, Np), written with vector stores and transposed at the end (writing
+  // O column by column would hit one cache set per unit: rows are units * 4 bytes apart).
+  if (static_cast<int64_t>(sizeof(float)) * (d + units) * np > INT_MAX / 2) {
+    MX_ERROR_MSG << kOp << ": input " << shape_str(ds) << " is too large for one call";
+    return MX_FAIL;
+  }
+  float* st = static_cast<float*>(
+      res.alloc_cpu(static_cast<int>(sizeof(float) * (d + units) * np)));
+  float* ot = st + d * np;
   if (!st) {
     MX_ERROR_MSG << kOp << ": could not allocate scratch memory";
     return MX_FAIL;
@@ -177,17 +226,22 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
     for (int64_t n = 0; n < N; ++n) row[n] = S[n * d + q];
     for (int64_t n = N; n < np; ++n) row[n] = 0.f;
   }
+  const int tail = static_cast<int>(np % 64 / 8);
+  const BlockFn full_block = relu ? dense_block<8, true> : dense_block<8, false>;
+  const BlockFn tail_block = relu ? tail_fn<true>(tail) : tail_fn<false>(tail);
 #pragma omp parallel for schedule(static) if (work > 32768)
   for (int64_t u = 0; u < units; ++u) {
     const float b = bias ? bias[u] : 0.f;
-    for (int64_t n0 = 0; n0 < np; n0 += 8) {
-      v8 acc = splat(b);
-      for (int32_t e = indptr[u]; e < indptr[u + 1]; ++e)
-        acc += splat(value[e]) * *reinterpret_cast<const v8u*>(st + dict_index[e] * np + n0);
-      const int64_t lim = std::min<int64_t>(8, N - n0);
-      for (int64_t k = 0; k < lim; ++k)
-        O[(n0 + k) * units + u] = relu ? std::max(acc[k], 0.f) : acc[k];
-    }
+    const int32_t e0 = indptr[u], cnt = indptr[u + 1] - e0;
+    int64_t n0 = 0;
+    for (; n0 + 64 <= np; n0 += 64)
+      full_block(st + n0, np, dict_index + e0, value + e0, cnt, b, ot + u * np + n0);
+    if (tail > 0) tail_block(st + n0, np, dict_index + e0, value + e0, cnt, b, ot + u * np + n0);
+  }
+#pragma omp parallel for schedule(static) if (N * units > 65536)
+  for (int64_t n = 0; n < N; ++n) {
+    float* row = O + n * units;
+    for (int64_t u = 0; u < units; ++u) row[u] = ot[u * np + n];
   }
   return MX_SUCCESS;
 }
