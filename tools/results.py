@@ -236,7 +236,10 @@ def render_markdown(rows, args, measure_seconds):
         'much as the multiply-adds, so the measured ratio stays far below the MAC ratio. The '
         'ResNet-18 rows use its ImageNet stem (7x7/s2 + max-pool), so 28x28 inputs shrink to 7x7 '
         'before stage 1 (33 M MACs dense instead of 456 M with the 3x3 thumbnail stem, which '
-        'would not train in this time budget here).',
+        'would not train in this time budget here). Run to run: the LeNet rows reproduce to '
+        'the last digit, the ResNet-18 rows do not (the order of MXNet\'s threaded gradient '
+        'sums varies); two full runs of this script differed by up to 4 points of top-1 for the '
+        'ResNet-18 LCNN variants, so gaps of that size between those rows are noise.',
         '',
         '![accuracy vs speed-up](%s)' % os.path.basename(args.plot), '',
               '## Per-layer lookup density after training', '']
@@ -244,7 +247,7 @@ def render_markdown(rows, args, measure_seconds):
         if r['layer_density']:
             lines.append('- `%s`: %s' % (r['model'], ', '.join(
                 '%s %.3f' % (k, v) for k, v in r['layer_density'].items())))
-    lines += ['', '## Kernel chosen per lookup layer by `to_inference` (batch %d)' % b0, '']
+    lines += ['', '## Kernel chosen per layer by `to_inference` (batch %d)' % b0, '']
     for r in rows:
         if r['kernels']:
             counts = {}
