@@ -4,12 +4,14 @@
 its operators with MXNet once; ``import gluon_lcnn`` calls it. Afterwards these exist in
 ``mx.nd``, ``mx.sym`` and as ``F.<op>`` in ``hybrid_forward``:
 
-``lcnn_sparse_conv(data, indptr, dict_index, kernel_offset, value[, bias], num_filter=m,
-dictionary_size=d, kernel=(kh, kw), stride=(1, 1), pad=(0, 0), relu=False, no_bias=False)``
-    data (N, d, H, W) float32 -> (N, m, H', W'); the lookup tensor P (m, d, kh, kw) packed by
-    ``gluon_lcnn.nn.sparse.pack_lookup``: compressed rows per output channel (indptr int32
-    (m+1,)), and per non-zero its dictionary index (int32), kernel offset i*kw + j (int32) and
-    value (float32).
+``lcnn_sparse_conv(data, [dictionary,] indptr, dict_index, kernel_offset, value[, bias],
+num_filter=m, dictionary_size=d, kernel=(kh, kw), stride=(1, 1), pad=(0, 0), relu=False,
+no_bias=False, with_dictionary=False)``
+    data S (N, d, H, W) float32 -> (N, m, H', W'); with ``with_dictionary=True`` data is x
+    (N, c, H, W) and the op first computes S = D x with the dictionary (d, c, 1, 1). The lookup
+    tensor P (m, d, kh, kw) comes packed by ``gluon_lcnn.nn.sparse.pack_lookup``: compressed
+    rows per output channel (indptr int32 (m+1,)), and per non-zero its dictionary index
+    (int32), kernel offset i*kw + j (int32) and value (float32).
 ``lcnn_sparse_dense(data, indptr, dict_index, value[, bias], num_hidden=u, dictionary_size=d,
 relu=False, no_bias=False)``
     data (N, d) float32 -> (N, u) with P (u, d) packed the same way (no kernel offsets).

@@ -2,7 +2,9 @@
 //
 //   out[n, r, y, x] = bias[r] + sum_{e in row r} value[e] * S[n, q_e, y*sh + i_e - ph, x*sw + j_e - pw]
 //
-// S is the dictionary output (N, d, H, W); the lookup tensor P (m, d, kh, kw) arrives packed as
+// S is the dictionary output (N, d, H, W), or, with with_dictionary=True, computed here as
+// S = D x from the input x (N, c, H, W) and D (d, c, 1, 1) by a register-blocked GEMM (saves a
+// separate 1x1 convolution call). The lookup tensor P (m, d, kh, kw) arrives packed as
 // compressed rows per output channel r: indptr (m+1,), and per non-zero e the dictionary index
 // q_e, the kernel offset i_e*kw + j_e and the value (see gluon_lcnn/nn/sparse.py:pack_lookup).
 //
@@ -12,8 +14,10 @@
 // the bias, walks the channel's non-zeros with input offsets computed once per call (one
 // multiply-add of a contiguous shifted input row each), applies the fused ReLU and is stored
 // once, straight into the output. A row tail narrower than 64 uses a block of ceil(tail/8)
-// vectors whose spill into the next row is overwritten when that row is computed. Threads split
-// (sample, output channel) pairs; every output is summed by one thread in a fixed order, so
+// vectors whose spill into the next row is overwritten when that row is computed; narrow rows
+// (13x13 layers) are blocked 2-4 rows at a time so each non-zero's offset and value serve more
+// multiply-adds. Threads split (sample, row tile, output channel) items, channels innermost so a
+// tile's input rows stay in cache; every output is summed by one thread in a fixed order, so
 // results do not depend on the thread count.
 #include <omp.h>
 
