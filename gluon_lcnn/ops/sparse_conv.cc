@@ -260,7 +260,6 @@ struct Channel {
   int64_t wo, wph;       // output columns, phase-plane row length
 };
 
-// One output channel: full 64-wide blocks, then a tail of TAIL vectors per row (TAIL = 0: none).
 // R rows of NV vectors at once (rows wph apart in the input, wo apart in the output): each
 // non-zero's offset and value are loaded once for R*NV multiply-adds. Rows are stored in
 // ascending order, so a row's spill past its end is overwritten by the next row.
@@ -352,6 +351,7 @@ void split_row(const float* row, int64_t W, int64_t pw, int64_t sw_any, int64_t 
       dst[pj][w] = (x >= 0 && x < W) ? row[x] : 0.f;
     }
   }
+  if (wb == wa) return;
   const float* in = row + wa * sw - pw;
   for (int64_t pj = 0; pj < sw; ++pj) {
     float* __restrict out = dst[pj];
