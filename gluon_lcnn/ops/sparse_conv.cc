@@ -40,6 +40,34 @@ typedef float v8u __attribute__((vector_size(32), aligned(4)));  // unaligned lo
 
 inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
 
+// Two-vector shuffle with constant lane indices (0-7: a, 8-15: b), GCC or clang spelling.
+#if defined(__clang__)
+#define LCNN_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+typedef int v8i __attribute__((vector_size(32)));
+#define LCNN_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, v8i{__VA_ARGS__})
+#endif
+
+// De-interleaves 8*SW consecutive floats into SW vectors: out[pj][k] = in[k*SW + pj].
+template <int SW>
+inline void deinterleave(const float* in, v8* out) {
+  const v8 a = *reinterpret_cast<const v8u*>(in), b = *reinterpret_cast<const v8u*>(in + 8);
+  if (SW == 2) {
+    out[0] = LCNN_SHUFFLE(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+    out[1] = LCNN_SHUFFLE(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+  } else {  // SW == 4
+    const v8 c = *reinterpret_cast<const v8u*>(in + 16), d = *reinterpret_cast<const v8u*>(in + 24);
+    const v8 ab0 = LCNN_SHUFFLE(a, b, 0, 4, 8, 12, 1, 5, 9, 13);
+    const v8 ab1 = LCNN_SHUFFLE(a, b, 2, 6, 10, 14, 3, 7, 11, 15);
+    const v8 cd0 = LCNN_SHUFFLE(c, d, 0, 4, 8, 12, 1, 5, 9, 13);
+    const v8 cd1 = LCNN_SHUFFLE(c, d, 2, 6, 10, 14, 3, 7, 11, 15);
+    out[0] = LCNN_SHUFFLE(ab0, cd0, 0, 1, 2, 3, 8, 9, 10, 11);
+    out[1] = LCNN_SHUFFLE(ab0, cd0, 4, 5, 6, 7, 12, 13, 14, 15);
+    out[2] = LCNN_SHUFFLE(ab1, cd1, 0, 1, 2, 3, 8, 9, 10, 11);
+    out[3] = LCNN_SHUFFLE(ab1, cd1, 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
 struct ConvParam {
   int64_t m, d, kernel[2], stride[2], pad[2];
   bool relu, no_bias, with_dictionary;
@@ -353,9 +381,18 @@ void split_row(const float* row, int64_t W, int64_t pw, int64_t sw_any, int64_t 
   }
   if (wb == wa) return;
   const float* in = row + wa * sw - pw;
+  int64_t w = wa;
+  if (SW == 2 || SW == 4) {  // 8 columns of every phase row per step, reads stay in the row
+    for (; w + 8 <= wb; w += 8) {
+      v8 out[SW > 0 ? SW : 1];
+      deinterleave<SW>(in + (w - wa) * SW, out);
+      for (int pj = 0; pj < SW; ++pj) *reinterpret_cast<v8u*>(dst[pj] + w) = out[pj];
+    }
+  }
+  in += (w - wa) * sw;
   for (int64_t pj = 0; pj < sw; ++pj) {
     float* __restrict out = dst[pj];
-    for (int64_t w = wa; w < wb; ++w) out[w] = in[(w - wa) * sw + pj];
+    for (int64_t w2 = w; w2 < wb; ++w2) out[w2] = in[(w2 - w) * sw + pj];
   }
 }
 
