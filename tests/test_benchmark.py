@@ -57,6 +57,17 @@ def test_layer_shapes_of_a_zoo_model():
     assert [r['dictionary_size'] for r in rows] == [3, 8, 32]
 
 
+def test_breakdown_of_a_net_with_branches():
+    from gluon_lcnn import deploy
+    from test_deploy import _residual_net, prepared
+    net = _residual_net()
+    x = mx.nd.random.normal(shape=(1, 3, 9, 9))
+    prepared(net, x)
+    inf = deploy.to_inference(net, choose='sparse')
+    rows = benchmark.layer_breakdown(inf, x.shape, repeat=2, warmup=1)
+    assert len(rows) == 6 and all(r['ms'] > 0 and r['in_net_ms'] is None for r in rows)
+
+
 def test_dense_twin_name():
     assert benchmark.dense_twin_name('alexnet_lcnn_fast') == 'alexnet'
     assert benchmark.dense_twin_name('lenet_lcnn_accurate') == 'lenet'
