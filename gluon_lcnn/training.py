@@ -12,7 +12,8 @@ import os
 import mxnet as mx
 import numpy as np
 
-__all__ = ['init_horovod', 'LocalHorovod', 'allreduce_sums', 'average_aux_states',
+__all__ = ['init_horovod', 'LocalHorovod', 'allreduce_sums', 'broadcast_parameters',
+           'average_aux_states',
            'learning_rate', 'save_checkpoint', 'load_checkpoint', 'write_json_atomic',
            'evaluate', 'topk_correct', 'params_digest', 'format_density', 'parse_model_args']
 
@@ -85,6 +86,25 @@ def allreduce_sums(hvd, values, name):
     local = mx.nd.array([float(values[k]) for k in keys], dtype='float64')
     total = hvd.allreduce(local, op=hvd.Sum, name=name).asnumpy()
     return {k: float(v) for k, v in zip(keys, total)}
+
+
+def broadcast_parameters(net, hvd, root_rank=0):
+    """Give every worker rank ``root_rank``'s parameters (``hvd.broadcast_parameters``, but safe
+    for MKLDNN).
+
+    On CPU, an inference-mode forward pass (the one that settles deferred shapes, or an
+    evaluation) leaves convolution weights in MKLDNN's blocked layout; Horovod's in-place
+    broadcast of such an array fails ("can't generate TBlob for MKLDNN data"). Each parameter
+    therefore travels as a plain copy and is written back with ``set_data``, which converts
+    the layout. The training script also calls this at the end of every epoch: with MKLDNN
+    weights and MXNet's threaded engine, replicas were seen to drift apart by rounding
+    (~1e-8 relative, none under NaiveEngine), and a checkpoint must describe every worker.
+    """
+    if hvd.size() == 1:
+        return
+    for name, param in sorted(net.collect_params().items()):
+        plain = mx.nd.array(param.data().asnumpy(), dtype=param.dtype)
+        param.set_data(hvd.broadcast(plain, root_rank=root_rank, name='param.' + name))
 
 
 def average_aux_states(net, hvd):

@@ -142,6 +142,12 @@ def build_net(args):
     return gluon_lcnn.get_model(args.model, **kwargs)
 
 
+def write_digest(save_dir, name, net):
+    os.makedirs(save_dir, exist_ok=True)
+    with open(os.path.join(save_dir, name), 'w') as f:
+        f.write(training.params_digest(net) + '\n')
+
+
 def main(argv=None, defaults=None):
     args = parse_args(argv, defaults)
     hvd = training.init_horovod(enabled=not args.no_horovod)
@@ -222,7 +228,7 @@ def main(argv=None, defaults=None):
             trainer.load_states(meta['states'])
             start_epoch, history = meta['epoch'], meta.get('history', [])
             log('resuming from %s: continuing at epoch %d' % (meta['params'], start_epoch + 1))
-    hvd.broadcast_parameters(net.collect_params(), root_rank=0)
+    training.broadcast_parameters(net, hvd, root_rank=0)
 
     log('%s: %d worker(s) on %s, batch %d x %d x %d, %d updates/epoch, lr %.4g, params %s'
         % (args.model, size, ctx, args.batch_size, accum, size, updates_per_epoch,
@@ -264,6 +270,9 @@ def main(argv=None, defaults=None):
         mx.nd.waitall()
         train_time = time.time() - tic
         training.average_aux_states(net, hvd)
+        if args.debug_digest:   # replicas as training left them, before the re-sync below
+            write_digest(args.save_dir, 'digest-presync-rank%d.txt' % rank, net)
+        training.broadcast_parameters(net, hvd, root_rank=0)
         train = training.allreduce_sums(
             hvd, dict(loss=loss_sum.asscalar(), correct=correct.asscalar(), count=seen,
                       time=train_time), name='train.%d' % epoch)
@@ -294,9 +303,7 @@ def main(argv=None, defaults=None):
                                        dict(model=args.model, workers=size, history=history))
 
     if args.debug_digest:
-        os.makedirs(args.save_dir, exist_ok=True)
-        with open(os.path.join(args.save_dir, 'digest-rank%d.txt' % rank), 'w') as f:
-            f.write(training.params_digest(net) + '\n')
+        write_digest(args.save_dir, 'digest-rank%d.txt' % rank, net)
     if start_epoch < args.num_epochs:
         top1 = history[-1]['val_top1']
     else:   # nothing left to train: report the checkpoint as it is
