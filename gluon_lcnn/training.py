@@ -88,7 +88,7 @@ def allreduce_sums(hvd, values, name):
     return {k: float(v) for k, v in zip(keys, total)}
 
 
-def broadcast_parameters(net, hvd, root_rank=0):
+def broadcast_parameters(net, hvd, root_rank=0, tag='init'):
     """Give every worker rank ``root_rank``'s parameters (``hvd.broadcast_parameters``, but safe
     for MKLDNN).
 
@@ -104,10 +104,12 @@ def broadcast_parameters(net, hvd, root_rank=0):
         return
     for name, param in sorted(net.collect_params().items()):
         plain = mx.nd.array(param.data().asnumpy(), dtype=param.dtype)
-        param.set_data(hvd.broadcast(plain, root_rank=root_rank, name='param.' + name))
+        # Horovod keys collectives by name: the tag keeps each call's names unique.
+        param.set_data(hvd.broadcast(plain, root_rank=root_rank,
+                                     name='%s.param.%s' % (tag, name)))
 
 
-def average_aux_states(net, hvd):
+def average_aux_states(net, hvd, tag=''):
     """Average the non-trained parameters (BatchNorm running statistics) over workers.
 
     Gradients are allreduced, so trained parameters agree everywhere, but each worker updates
@@ -119,7 +121,7 @@ def average_aux_states(net, hvd):
     for name, param in sorted(net.collect_params().items()):
         if param.grad_req == 'null':
             data = param.data()
-            data[:] = hvd.allreduce(data, op=hvd.Average, name='aux.' + name)
+            data[:] = hvd.allreduce(data, op=hvd.Average, name='%s.aux.%s' % (tag, name))
 
 
 def learning_rate(step, steps_per_epoch, base_lr, num_epochs, warmup_epochs=0.0, mode='cosine',

@@ -269,10 +269,10 @@ def main(argv=None, defaults=None):
         bar.close()
         mx.nd.waitall()
         train_time = time.time() - tic
-        training.average_aux_states(net, hvd)
+        training.average_aux_states(net, hvd, tag='epoch%d' % epoch)
         if args.debug_digest:   # replicas as training left them, before the re-sync below
             write_digest(args.save_dir, 'digest-presync-rank%d.txt' % rank, net)
-        training.broadcast_parameters(net, hvd, root_rank=0)
+        training.broadcast_parameters(net, hvd, root_rank=0, tag='epoch%d' % epoch)
         train = training.allreduce_sums(
             hvd, dict(loss=loss_sum.asscalar(), correct=correct.asscalar(), count=seen,
                       time=train_time), name='train.%d' % epoch)
