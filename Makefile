@@ -23,5 +23,8 @@ bench: install
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_layers.py
 	$(PY) benchmarks/bench_models.py --model alexnet_lcnn_fast alexnet_lcnn_accurate --density published
 
+results: install
+	$(PY) tools/results.py
+
 clean:
 	rm -rf build *.egg-info gluon_lcnn/ops/*.so .pytest_cache
