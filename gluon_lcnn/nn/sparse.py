@@ -23,6 +23,7 @@ import numpy as np
 from mxnet.gluon import HybridBlock
 
 from .. import ops  # noqa: F401  (importing it loads the operator library)
+from .lookup import _pair
 
 __all__ = ['pack_lookup', 'PackedLookup', 'SparseLookupConv2D', 'SparseLookupDense']
 
@@ -90,15 +91,6 @@ def pack_lookup(lookup):
         kernel_offset = np.zeros(1, np.int32)
         value = np.zeros(1, np.float32)
     return PackedLookup(indptr, dict_index, kernel_offset, value, tuple(p.shape), nnz)
-
-
-def _pair(value, name):
-    if isinstance(value, (int, np.integer)):
-        value = (int(value), int(value))
-    value = tuple(int(v) for v in value)
-    if len(value) != 2:
-        raise ValueError('%s must be an int or a pair of ints, got %r' % (name, value))
-    return value
 
 
 class _SparseLookupBase(HybridBlock):
