@@ -1,4 +1,4 @@
-"""The C++ sparse-lookup operator library (inference only: forward, CPU).
+"""The C++ sparse-lookup operator library (inference only: forward, CPU), with a max pool.
 
 ``load()`` builds ``liblcnn_ops.so`` when it is missing or older than its sources and registers
 its operators with MXNet once; ``import gluon_lcnn`` calls it. Afterwards these exist in
@@ -15,6 +15,10 @@ no_bias=False, with_dictionary=False)``
 ``lcnn_sparse_dense(data, indptr, dict_index, value[, bias], num_hidden=u, dictionary_size=d,
 relu=False, no_bias=False)``
     data (N, d) float32 -> (N, u) with P (u, d) packed the same way (no kernel offsets).
+``lcnn_max_pool(data, kernel=(kh, kw), stride=(1, 1), pad=(0, 0))``
+    data (N, C, H, W) float32 -> (N, C, H', W'), max pooling as MXNet's Pooling(pool_type='max',
+    pooling_convention='valid') computes it (padding never wins; pad < kernel); for the
+    plain-NCHW output of lcnn_sparse_conv, which MKLDNN's pooling handles slowly.
 
 Malformed inputs (bad indices, inconsistent indptr, wrong shapes or attributes) raise an
 MXNetError naming the problem. There is no backward: train with gluon_lcnn.nn.LookupConv2D.
@@ -29,7 +33,7 @@ import mxnet as mx
 
 __all__ = ['load', 'autoload', 'lib_path', 'OP_NAMES']
 
-OP_NAMES = ('lcnn_sparse_conv', 'lcnn_sparse_dense')
+OP_NAMES = ('lcnn_sparse_conv', 'lcnn_sparse_dense', 'lcnn_max_pool')
 _lock = threading.Lock()
 _loaded = False
 
