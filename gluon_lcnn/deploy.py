@@ -13,7 +13,7 @@ children and, inside every (Hybrid)Sequential,
   algorithm search). A conv whose kernel covers its whole input (AlexNet's fc6) is also timed in
   its fully connected form (``CoveringConv``). The choice is simply the block type left in the
   graph, so it survives hybridize / export / ``SymbolBlock.imports``,
-* times each MaxPool2D against ``MaxPoolSlices`` together with the layer before it (MKLDNN pools
+* times each MaxPool2D against ``LcnnMaxPool`` together with the layer before it (MKLDNN pools
   plain NCHW data, which the sparse op writes, with a slow reference kernel),
 * drops Dropout (the identity at inference).
 
@@ -31,7 +31,7 @@ from mxnet.gluon.block import _BlockScope
 
 from .nn.lookup import LookupConv2D, LookupDense
 
-__all__ = ['to_inference', 'fold_batchnorm_params', 'MaxPoolSlices', 'CoveringConv']
+__all__ = ['to_inference', 'fold_batchnorm_params', 'LcnnMaxPool', 'CoveringConv']
 
 _CHOICES = ('auto', 'sparse', 'dense')
 
@@ -273,15 +273,15 @@ def _shell(block):
     return new
 
 
-class MaxPoolSlices(HybridBlock):
+class LcnnMaxPool(HybridBlock):
     """Max pooling (NCHW, floor mode) by the C++ op ``lcnn_max_pool`` (forward only).
 
     MXNet 1.9's MKLDNN pools plain-NCHW data with oneDNN's reference ``simple_nchw`` kernel:
     AlexNet's pool1 (1x64x55x55) takes 3.5 ms on one core there, 0.56 ms as a block of strided
     slices and maxima, 0.13 ms with ``lcnn_max_pool`` (per-call overhead included). The sparse op
     writes plain NCHW, so its pools hit that path; data in MKLDNN's blocked layout (after a dense
-    conv) is pooled fast, hence ``to_inference`` times both in context. The name (and the choice
-    'slices' in ``kernel_choices``) is from the first, slice-based version.
+    conv) is pooled fast, hence ``to_inference`` times both in context ('lcnn_pool' vs 'mkldnn'
+    in ``kernel_choices``).
     """
 
     def __init__(self, pool_size, strides, padding=(0, 0), prefix=None):
@@ -297,8 +297,8 @@ class MaxPoolSlices(HybridBlock):
                                                        self._strides, self._padding)
 
 
-def _slices_pool(block):
-    """A MaxPoolSlices equal to MaxPool2D ``block``, or None for variants it does not cover."""
+def _lcnn_pool(block):
+    """A LcnnMaxPool equal to MaxPool2D ``block``, or None for variants it does not cover."""
     if not isinstance(block, nn.MaxPool2D):
         return None
     kw = block._kwargs
@@ -306,7 +306,7 @@ def _slices_pool(block):
             or kw['pool_type'] != 'max'
             or any(p >= k for p, k in zip(kw['pad'], kw['kernel']))):  # lcnn_max_pool refuses
         return None
-    return MaxPoolSlices(kw['kernel'], kw['stride'], kw['pad'], prefix=block.prefix)
+    return LcnnMaxPool(kw['kernel'], kw['stride'], kw['pad'], prefix=block.prefix)
 
 
 class _Converter:
@@ -359,7 +359,7 @@ class _Converter:
         while i < len(children):
             child = children[i]
             key = str(len(new._children))
-            alternative = _slices_pool(child)
+            alternative = _lcnn_pool(child)
             if _is_conv_like(child):
                 layer = _Layer(child)
                 if i + 1 < len(children) and _can_fold_bn(layer, children[i + 1]):
@@ -447,7 +447,7 @@ def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None,
         A conv whose kernel covers its whole unpadded input (AlexNet's fc6) also gets its fully
         connected form timed in 'auto' mode (``CoveringConv``; dense Conv2D layers too).
     fast_pool : bool or None
-        MaxPool2D (floor mode) as ``MaxPoolSlices``: True always, False never, None (default)
+        MaxPool2D (floor mode) as ``LcnnMaxPool``: True always, False never, None (default)
         decides by timing the pool together with the layer before it in 'auto' mode and keeps
         MaxPool2D otherwise.
     ctx : Context, optional
@@ -521,12 +521,12 @@ def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None,
         if shape is None:
             continue
         before = [parent._children[prev_key]] if prev_key is not None else []
-        t_pool, t_slices = _time_candidates([parent._children[key], alternative], shape,
+        t_pool, t_lcnn = _time_candidates([parent._children[key], alternative], shape,
                                             before=before, **kw)
-        pick = 'slices' if t_slices < t_pool else 'mkldnn'
+        pick = 'lcnn_pool' if t_lcnn < t_pool else 'mkldnn'
         conv.choices[alternative.prefix] = {'choice': pick, 'input_shape': shape,
-                                            'mkldnn_s': t_pool, 'slices_s': t_slices}
-        if pick == 'slices':
+                                            'mkldnn_s': t_pool, 'lcnn_pool_s': t_lcnn}
+        if pick == 'lcnn_pool':
             _replace(parent, key, alternative)
     if len(root._children) == 1 and conv.pending and root is conv.pending[0][0]:
         root = root._children['0']

@@ -83,13 +83,13 @@ def test_compare_models_with_breakdown():
         assert row['dense_twin'] == 'lenet' and row['dense_ms'] > 0 and row['lcnn_ms'] > 0
         assert row['mac_ratio'] > 1
         assert set(row['kernels'].values()) <= {'sparse', 'dense', 'sparse_fc', 'dense_fc',
-                                                'slices', 'mkldnn'}
+                                                'lcnn_pool', 'mkldnn'}
         assert len([k for k in row['kernels'] if 'lookup' in k]) == 3
     assert 'lcnn_layers' not in rows[1]  # breakdowns at the smallest batch only
     # LeNet is a plain chain: in-net times come from timing the chain's prefixes.
     assert all(r['in_net_ms'] is not None for r in rows[0]['lcnn_layers'])
     types = {r['type'] for r in rows[0]['lcnn_layers']}
-    assert 'Dense' in types and types & {'MaxPool2D', 'MaxPoolSlices'}
+    assert 'Dense' in types and types & {'MaxPool2D', 'LcnnMaxPool'}
     text = benchmark.render_models(rows)
     assert text.startswith('| model |') and 'per layer' in text
 

@@ -253,11 +253,11 @@ def test_zoo_lcnn_models_match(name):
 
 
 @pytest.mark.parametrize('pool', [(3, 2, 0), ((2, 3), (2, 1), 0), (3, 2, 1), ((3, 2), 1, (1, 0))])
-def test_max_pool_slices_equal_max_pool(pool):
+def test_lcnn_max_pool_equal_max_pool(pool):
     size, stride, pad = pool
     ref_pool = nn.MaxPool2D(size, stride, pad)
     x = mx.nd.random.normal(shape=(2, 3, 13, 10))
-    fast = deploy.MaxPoolSlices(ref_pool._kwargs['kernel'], ref_pool._kwargs['stride'],
+    fast = deploy.LcnnMaxPool(ref_pool._kwargs['kernel'], ref_pool._kwargs['stride'],
                                 ref_pool._kwargs['pad'])
     np.testing.assert_array_equal(fast(x).asnumpy(), ref_pool(x).asnumpy())
     fast.hybridize()
@@ -274,12 +274,12 @@ def test_pools_dropout_and_a_single_layer_net():
     inf = deploy.to_inference(net, choose='sparse', fast_pool=True)
     kinds = [type(b) for b in inf._children.values()]
     # ceil-mode pools stay MaxPool2D; Dropout (identity at inference) is gone.
-    assert kinds == [SparseLookupConv2D, deploy.MaxPoolSlices, nn.MaxPool2D, nn.Dense]
+    assert kinds == [SparseLookupConv2D, deploy.LcnnMaxPool, nn.MaxPool2D, nn.Dense]
     assert rel_err(inf(x), ref) < RTOL
     inf = deploy.to_inference(net, input_shape=x.shape, repeat=2, warmup=1)
     pool = inf.kernel_choices[net[3].prefix]
-    assert pool['choice'] in ('slices', 'mkldnn') and pool['input_shape'] == (1, 3, 17, 16)
-    assert type(inf[1]) is (deploy.MaxPoolSlices if pool['choice'] == 'slices' else nn.MaxPool2D)
+    assert pool['choice'] in ('lcnn_pool', 'mkldnn') and pool['input_shape'] == (1, 3, 17, 16)
+    assert type(inf[1]) is (deploy.LcnnMaxPool if pool['choice'] == 'lcnn_pool' else nn.MaxPool2D)
     assert rel_err(inf(x), ref) < RTOL
     # A lone lookup layer converts to a lone inference block.
     layer = net[0]

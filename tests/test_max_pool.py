@@ -10,7 +10,7 @@ import pytest
 from mxnet.base import MXNetError
 
 import gluon_lcnn  # noqa: F401  (loads the operator library)
-from gluon_lcnn.deploy import MaxPoolSlices
+from gluon_lcnn.deploy import LcnnMaxPool
 
 
 def reference(x, kernel, stride, pad):
@@ -61,7 +61,7 @@ def test_defaults_and_symbol_shape_inference():
 
 def test_max_pool_block_hybridized():
     x = mx.nd.array(np.random.RandomState(3).randn(2, 3, 13, 10))
-    block = MaxPoolSlices((3, 2), (1, 2), (1, 0))
+    block = LcnnMaxPool((3, 2), (1, 2), (1, 0))
     want = reference(x, (3, 2), (1, 2), (1, 0))
     np.testing.assert_array_equal(block(x).asnumpy(), want)
     block.hybridize()
