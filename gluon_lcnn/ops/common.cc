@@ -192,4 +192,10 @@ bool check_packed(const char* op, const int32_t* indptr, int64_t rows, int64_t e
   return true;
 }
 
+MXReturnValue inference_only(const char* op, const char* train_with) {
+  MX_ERROR_MSG << op << " is inference only and has no backward; train with " << train_with
+               << " and convert with gluon_lcnn.deploy";
+  return mxnet::ext::MX_FAIL;
+}
+
 }  // namespace lcnn

@@ -54,6 +54,10 @@ bool check_packed(const char* op, const int32_t* indptr, int64_t rows, int64_t e
                   const int32_t* dict_index, int64_t dict_size, const int32_t* kernel_offset,
                   int64_t kernel_size);
 
+// The ops are forward only. Each registers a backward anyway, because a hybridized Gluon block or
+// CachedOp always derives a gradient graph; running it fails with this message.
+MXReturnValue inference_only(const char* op, const char* train_with);
+
 }  // namespace lcnn
 
 #endif  // GLUON_LCNN_OPS_COMMON_H_

@@ -613,13 +613,9 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   return MX_SUCCESS;
 }
 
-// Registered only so that graphs containing the op can be built (a hybridized Gluon block or
-// CachedOp always derives a gradient graph); running it is an error: inference only.
 MXReturnValue backward(const Attrs&, std::vector<MXTensor>*, std::vector<MXTensor>*,
                        const OpResource&) {
-  MX_ERROR_MSG << kOp << " is inference only and has no backward; train with "
-               << "gluon_lcnn.nn.LookupConv2D and convert with gluon_lcnn.deploy";
-  return MX_FAIL;
+  return inference_only(kOp, "gluon_lcnn.nn.LookupConv2D");
 }
 
 REGISTER_OP(lcnn_sparse_conv)
