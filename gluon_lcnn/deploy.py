@@ -29,6 +29,7 @@ import numpy as np
 from mxnet.gluon import Block, HybridBlock, nn
 from mxnet.gluon.block import _BlockScope
 
+from .flops import probe_forward
 from .nn.lookup import LookupConv2D, LookupDense
 
 __all__ = ['to_inference', 'fold_batchnorm_params', 'LcnnMaxPool', 'CoveringConv']
@@ -395,18 +396,11 @@ def _input_shapes(net, slots, input_shape, ctx):
     """Input shape of the block in each (parent, key) slot, from one imperative forward pass."""
     shapes = {}
     handles = []
-    net.hybridize(False)
     for parent, key in slots:
         def hook(b, inputs, _slot=(id(parent), key)):
             shapes.setdefault(_slot, tuple(inputs[0].shape))
         handles.append(parent._children[key].register_forward_pre_hook(hook))
-    try:
-        with mx.autograd.predict_mode():
-            net(mx.nd.zeros(input_shape, ctx=ctx))
-        mx.nd.waitall()
-    finally:
-        for h in handles:
-            h.detach()
+    probe_forward(net, input_shape, ctx, handles)
     return shapes
 
 

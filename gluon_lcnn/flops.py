@@ -177,6 +177,29 @@ class Profile:
         return self.table()
 
 
+def probe_forward(net, input_shape, ctx, handles):
+    """One imperative inference forward of zeros through ``net`` so its hooks (``handles``) see
+    every block; the hooks are detached and each block's hybridization restored afterwards."""
+    active = {}
+
+    def remember(block):
+        if isinstance(block, mx.gluon.HybridBlock):
+            active[id(block)] = (block, block._active)
+        for child in block._children.values():
+            remember(child)
+    remember(net)
+    net.hybridize(False)
+    try:
+        with mx.autograd.predict_mode():
+            net(mx.nd.zeros(input_shape, ctx=ctx))
+        mx.nd.waitall()
+    finally:
+        for h in handles:
+            h.detach()
+        for block, was in active.values():
+            block._active = was
+
+
 def profile(net, input_shape=(1, 3, 224, 224), ctx=None):
     """Count MACs and parameters of every conv, dense and lookup layer of `net`.
 
@@ -206,26 +229,15 @@ def profile(net, input_shape=(1, 3, 224, 224), ctx=None):
     if ctx is None:
         ctxs = [c for p in params.values() if p._data is not None for c in p.list_ctx()]
         ctx = ctxs[0] if ctxs else mx.cpu()
-    records, handles, active = [], [], {}
+    records, handles = [], []
 
     def visit(block, path):
-        if isinstance(block, mx.gluon.HybridBlock):
-            active[id(block)] = (block, block._active)
         handles.append(block.register_forward_hook(
             lambda b, inputs, output, _path=path: records.append((_path, b, inputs, output))))
         for key, child in block._children.items():
             visit(child, path + '.' + key if path else key)
     visit(net, '')
-    net.hybridize(False)
-    try:
-        with mx.autograd.predict_mode():
-            net(mx.nd.zeros(input_shape, ctx=ctx))
-        mx.nd.waitall()
-    finally:
-        for h in handles:
-            h.detach()
-        for block, was in active.values():
-            block._active = was
+    probe_forward(net, input_shape, ctx, handles)
     rows = []
     for path, block, inputs, output in records:
         info = _describe(block, _shape(inputs), _shape(output))
