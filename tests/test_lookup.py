@@ -7,7 +7,8 @@ import pytest
 from mxnet import autograd, gluon
 
 from gluon_lcnn.data import load_fashion_mnist
-from gluon_lcnn.nn import LookupConv2D, LookupDense, density_report, lookup_layers
+from gluon_lcnn.nn import (LookupConv2D, LookupDense, choose_forms, density_report, l1_penalty,
+                           lookup_layers)
 
 
 def _max_rel(a, b):
@@ -89,15 +90,16 @@ def _numeric_grad(f, param, eps=1e-6):
     return grad
 
 
+@pytest.mark.parametrize('form', ['factored', 'composed'])
 @pytest.mark.parametrize('kind', ['conv', 'dense'])
-def test_numeric_gradient(kind):
+def test_numeric_gradient(kind, form):
     mx.random.seed(3)
     if kind == 'conv':
         layer = LookupConv2D(2, (2, 3), strides=(1, 2), padding=1, dictionary_size=2,
-                             in_channels=3, initial_sparsity=0.2)
+                             in_channels=3, initial_sparsity=0.2, form=form)
         x = mx.nd.random.normal(shape=(2, 3, 4, 5), dtype='float64')
     else:
-        layer = LookupDense(3, dictionary_size=2, in_units=4, initial_sparsity=0.2)
+        layer = LookupDense(3, dictionary_size=2, in_units=4, initial_sparsity=0.2, form=form)
         x = mx.nd.random.normal(shape=(2, 4), dtype='float64')
     layer.initialize()
     layer.cast('float64')
@@ -118,10 +120,11 @@ def test_numeric_gradient(kind):
         np.testing.assert_allclose(param.grad().asnumpy(), numeric, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize('form', ['factored', 'composed'])
 @pytest.mark.parametrize('l1_lambda', [0.0, 5.0])
-def test_masked_entries_get_exactly_zero_gradient(l1_lambda):
+def test_masked_entries_get_exactly_zero_gradient(l1_lambda, form):
     layer = LookupConv2D(4, 3, dictionary_size=3, in_channels=2, initial_sparsity=0.3,
-                         l1_lambda=l1_lambda)
+                         l1_lambda=l1_lambda, form=form)
     layer.initialize()
     p = layer.lookup.data().asnumpy()
     p[0, 0] = 0.5 * layer.threshold      # below the threshold: masked
@@ -129,7 +132,7 @@ def test_masked_entries_get_exactly_zero_gradient(l1_lambda):
     layer.lookup.set_data(mx.nd.array(p))
     x = mx.nd.random.normal(shape=(3, 2, 6, 6))
     with autograd.record():
-        loss = layer(x).sum()
+        loss = layer(x).sum() + l1_penalty(layer)
     loss.backward()
     grad = layer.lookup.grad().asnumpy()
     masked = np.abs(p) <= layer.threshold
@@ -138,17 +141,155 @@ def test_masked_entries_get_exactly_zero_gradient(l1_lambda):
     assert np.all(grad[~masked] != 0.0)
 
 
-def test_l1_pull_matches_formula():
+@pytest.mark.parametrize('hybridize', [False, True])
+@pytest.mark.parametrize('form', ['factored', 'composed'])
+def test_l1_pull_matches_formula(form, hybridize):
     """The pull is l1_lambda * threshold * sign(P) per sample, so per step after step(batch)."""
-    layer = LookupDense(3, dictionary_size=4, in_units=5, initial_sparsity=0.1, l1_lambda=2.0)
+    layer = LookupDense(3, dictionary_size=4, in_units=5, initial_sparsity=0.1, l1_lambda=2.0,
+                        form=form)
     layer.initialize()
+    if hybridize:
+        layer.hybridize()
     x = mx.nd.random.normal(shape=(6, 5))
-    with autograd.record():
-        loss = (layer(x) * 0).sum()        # no data gradient: only the L1 term is left
-    loss.backward()
     p = layer.lookup.data().asnumpy()
+    p[0, 0] = 0.5 * layer.threshold       # masked: no pull
+    layer.lookup.set_data(mx.nd.array(p))
+    with autograd.record():
+        out = layer(x)
+        loss = out.sum(axis=1) * 0 + l1_penalty(layer)   # per-sample loss, no data gradient
+    loss.backward()
     expected = 2.0 * layer.threshold * np.sign(p) * 6 * (np.abs(p) > layer.threshold)
     np.testing.assert_allclose(layer.lookup.grad().asnumpy(), expected, rtol=1e-6)
+    assert expected[0, 0] == 0 and 0 < np.count_nonzero(expected) < 12
+    alive = np.abs(p) * (np.abs(p) > layer.threshold)
+    assert float(l1_penalty(layer).asscalar()) == pytest.approx(
+        2.0 * layer.threshold * alive.sum(), rel=1e-6)
+
+
+def test_l1_penalty_is_zero_without_pull():
+    net = gluon.nn.HybridSequential()
+    net.add(LookupDense(3, dictionary_size=2, in_units=4), gluon.nn.Dense(2, in_units=3))
+    net.initialize()
+    penalty = l1_penalty(net)
+    assert penalty.shape == (1,) and float(penalty.asscalar()) == 0.0
+
+
+_FORM_CASES = [
+    ('conv', dict(channels=4, kernel_size=3, strides=1, padding=0, dictionary_size=2), (2, 3, 7, 7)),
+    ('conv', dict(channels=6, kernel_size=3, strides=2, padding=1, dictionary_size=9), (2, 5, 8, 7)),
+    ('conv', dict(channels=5, kernel_size=(1, 3), strides=(2, 1), padding=(0, 1),
+                  dictionary_size=3), (3, 4, 6, 5)),
+    ('conv', dict(channels=3, kernel_size=1, strides=2, dictionary_size=6, activation='relu',
+                  use_bias=False), (2, 4, 5, 5)),
+    ('dense', dict(units=5, dictionary_size=3, activation='tanh'), (4, 2, 3, 2)),
+    ('dense', dict(units=4, dictionary_size=6, flatten=False), (2, 3, 7)),
+]
+
+
+def _twin_layers(kind, kwargs, shape):
+    """The same layer in both forms, float64, identical parameters, real masking."""
+    make = LookupConv2D if kind == 'conv' else LookupDense
+    layers = []
+    for form in ('factored', 'composed'):
+        mx.random.seed(11)
+        layer = make(initial_sparsity=0.4, l1_lambda=0.3, form=form, **kwargs)
+        layer.initialize(mx.init.Normal(0.5))
+        layer.cast('float64')
+        layer(mx.nd.zeros(shape, dtype='float64'))
+        layers.append(layer)
+    for a, b in zip(layers[0].collect_params().values(), layers[1].collect_params().values()):
+        b.set_data(a.data())
+    return layers
+
+
+@pytest.mark.parametrize('hybridize', [False, True])
+@pytest.mark.parametrize('kind,kwargs,shape', _FORM_CASES)
+def test_forms_give_equal_outputs_and_gradients(kind, kwargs, shape, hybridize):
+    layers = _twin_layers(kind, kwargs, shape)
+    assert 0.0 < layers[0].density() < 1.0
+    x = mx.nd.random.normal(shape=shape, dtype='float64')
+    head = None
+    results = []
+    for layer in layers:
+        if hybridize:
+            layer.hybridize()
+        xi = x.copy()
+        xi.attach_grad()
+        with autograd.record():
+            out = layer(xi)
+            head = head if head is not None else mx.nd.random.normal(shape=out.shape,
+                                                                     dtype='float64')
+            loss = (out * head).sum() + l1_penalty(layer)
+        loss.backward()
+        grads = {k.split('_')[-1]: v.grad().asnumpy() for k, v in layer.collect_params().items()}
+        results.append((out.asnumpy(), xi.grad.asnumpy(), grads))
+    (out_f, dx_f, g_f), (out_c, dx_c, g_c) = results
+    np.testing.assert_allclose(out_c, out_f, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx_c, dx_f, rtol=1e-10, atol=1e-12)
+    assert set(g_f) == set(g_c) and {'dictionary', 'lookup'} <= set(g_f)
+    for name in g_f:
+        np.testing.assert_allclose(g_c[name], g_f[name], rtol=1e-10, atol=1e-12, err_msg=name)
+    masked = layers[0].masked_lookup_data().asnumpy() == 0
+    assert masked.any() and np.all(g_c['lookup'][masked] == 0)
+    # The forward pass really ran two different graphs.
+    if hybridize:
+        ops = [{n['op'] for n in __import__('json').loads(l._cached_graph[1].tojson())['nodes']}
+               for l in layers]
+        assert 'dot' in ops[1] and 'dot' not in ops[0]
+
+
+def test_auto_form_follows_the_cost_formula():
+    # d = 500 on 16 input channels, a 16x16 map: the kh x kw conv over d channels is the cost.
+    wide = LookupConv2D(32, 3, padding=1, dictionary_size=500, in_channels=16)
+    wide.initialize()
+    wide(mx.nd.zeros((8, 16, 16, 16)))
+    costs = wide.form_costs()
+    assert costs == dict(factored=8 * (500 * 16 * 256 + 32 * 500 * 9 * 256),
+                         composed=32 * 500 * 9 * 16 + 8 * 32 * 16 * 9 * 256)
+    assert wide.resolved_form() == 'composed'
+    # A big fully connected layer: composing W costs m*d*c per pass, the batch is small.
+    fc = LookupDense(256, dictionary_size=200, in_units=512)
+    fc.initialize()
+    fc(mx.nd.zeros((4, 512)))
+    assert fc.form_costs() == dict(factored=4 * (200 * 512 + 256 * 200),
+                                   composed=256 * 200 * 512 + 4 * 256 * 512)
+    assert fc.resolved_form() == 'factored'
+    # With a large enough training batch the per-pass term amortises.
+    net = gluon.nn.HybridSequential()
+    net.add(fc)
+    assert choose_forms(net, 100000)[fc.name] == 'composed'
+    assert LookupDense(4, dictionary_size=2, form='factored').resolved_form() == 'factored'
+    with pytest.raises(ValueError, match='batch_size'):
+        choose_forms(net, 0)
+
+
+def test_export_without_gluon_lcnn_loads(tmp_path):
+    """Training graphs use native ops only: the exported files load in plain MXNet."""
+    import subprocess
+    import sys
+    net = gluon.nn.HybridSequential()
+    net.add(LookupConv2D(6, 3, padding=1, dictionary_size=40, activation='relu', form='composed'),
+            LookupConv2D(4, 3, strides=2, dictionary_size=2, form='factored'),
+            LookupDense(3, dictionary_size=2, l1_lambda=1.0))
+    net.initialize()
+    x = mx.nd.random.normal(shape=(2, 3, 6, 6))
+    net.hybridize()
+    ref = net(x).asnumpy()
+    prefix = str(tmp_path / 'train')
+    net.export(prefix)
+    np.save(str(tmp_path / 'x.npy'), x.asnumpy())
+    script = (
+        "import sys, numpy as np, mxnet as mx\n"
+        "net = mx.gluon.SymbolBlock.imports(sys.argv[1] + '-symbol.json', ['data'],"
+        " sys.argv[1] + '-0000.params')\n"
+        "np.save(sys.argv[2], net(mx.nd.array(np.load(sys.argv[3]))).asnumpy())\n"
+        "assert 'gluon_lcnn' not in sys.modules\n")
+    out = str(tmp_path / 'out.npy')
+    proc = subprocess.run([sys.executable, '-c', script, prefix, out, str(tmp_path / 'x.npy')],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_allclose(np.load(out), ref, rtol=1e-5, atol=1e-6)
+    assert 'Custom' not in open(prefix + '-symbol.json').read()
 
 
 def test_l1_makes_lookup_sparse_while_loss_falls():
@@ -171,7 +312,7 @@ def test_l1_makes_lookup_sparse_while_loss_falls():
         idx = np.random.randint(0, len(xs), 64)
         x, y = mx.nd.array(xs[idx]), mx.nd.array(ys[idx])
         with autograd.record():
-            loss = l2(net(x), y)
+            loss = l2(net(x), y) + l1_penalty(net)
         loss.backward()
         trainer.step(64)
         if step in (0, 299):
@@ -230,6 +371,7 @@ def test_deferred_in_channels_and_density_report():
     (lambda: LookupConv2D(4, 3, dictionary_size=2, activation='gelu'), 'activation'),
     (lambda: LookupDense(4, dictionary_size=-3), 'dictionary_size'),
     (lambda: LookupDense(4, dictionary_size=2, l1_lambda=-1), 'l1_lambda'),
+    (lambda: LookupConv2D(4, 3, dictionary_size=2, form='fused'), 'form'),
     (lambda: LookupDense(4, dictionary_size=2, in_units=-2), 'in_units'),
 ])
 def test_invalid_arguments_name_the_argument(make, fragment):

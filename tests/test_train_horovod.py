@@ -20,7 +20,7 @@ from mxnet import autograd, gluon
 
 from gluon_lcnn import training
 from gluon_lcnn.data import pack_arrays
-from gluon_lcnn.nn import LookupConv2D
+from gluon_lcnn.nn import LookupConv2D, l1_penalty
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -211,7 +211,7 @@ def test_grad_accumulation_matches_one_big_batch():
     trainers = [hvd.DistributedTrainer(n.collect_params(), 'sgd', {'learning_rate': 0.1})
                 for n in nets]
     with autograd.record():
-        loss = loss_fn(nets[0](x), y)
+        loss = loss_fn(nets[0](x), y) + l1_penalty(nets[0])
     loss.backward()
     trainers[0].step(8)
     for p in nets[1].collect_params().values():
@@ -219,7 +219,7 @@ def test_grad_accumulation_matches_one_big_batch():
     nets[1].collect_params().zero_grad()
     for part in (slice(0, 4), slice(4, 8)):
         with autograd.record():
-            loss = loss_fn(nets[1](x[part]), y[part])
+            loss = loss_fn(nets[1](x[part]), y[part]) + l1_penalty(nets[1])
         loss.backward()
     trainers[1].step(8)
     for (_, a), (_, b) in zip(sorted(nets[0].collect_params().items()),

@@ -17,7 +17,7 @@ __all__ = ['conv2d', 'dense', 'conv_bn_relu', 'split_lookup_kwargs', 'sizes_tupl
            'set_lookup_density', 'PUBLISHED_DENSITIES',
            'ASSUMED_DENSITIES']
 
-_LOOKUP_KEYS = ('initial_sparsity', 'l1_lambda')
+_LOOKUP_KEYS = ('initial_sparsity', 'l1_lambda', 'form')
 
 # Fraction of non-zero lookup entries per lookup layer reported for the published AlexNet
 # models (DESIGN.md: conv1..conv5, fc6, fc7). Used by `set_lookup_density(net, 'published')`,
@@ -36,7 +36,8 @@ ASSUMED_DENSITIES = {
 
 
 def split_lookup_kwargs(kwargs):
-    """Pop the lookup-layer options (initial_sparsity, l1_lambda) out of a constructor's kwargs."""
+    """Pop the lookup-layer options (initial_sparsity, l1_lambda, form) out of a constructor's
+    kwargs."""
     return {k: kwargs.pop(k) for k in _LOOKUP_KEYS if k in kwargs}
 
 

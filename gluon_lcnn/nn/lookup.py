@@ -1,12 +1,24 @@
 """Trainable lookup layers: a small dictionary D plus a sparse lookup tensor P.
 
-A convolution W (m, c, kh, kw) is written as W[r, :, i, j] = sum_q P[r, q, i, j] * D[q, :]:
-D (d, c) is a 1x1 convolution c -> d without bias, P (m, d, kh, kw) a kh x kw convolution d -> m.
-On every forward pass entries with |P| <= threshold are zeroed; they receive exactly zero
-gradient, and surviving entries get an extra L1 pull `l1_lambda * threshold * sign(P)`, so P
-grows sparse over training. threshold = initial_sparsity / sqrt(kh * kw * d) and P starts
-uniform in +-1/sqrt(kh * kw * d). This file is the only place that math lives; the dense layer
-is the 1x1, H = W = 1 case and reuses it.
+A convolution W (m, c, kh, kw) is written as W[r, :, i, j] = sum_q P[r, q, i, j] * D[q, :]
+with D (d, c) and P (m, d, kh, kw). On every forward pass entries with |P| <= threshold count as
+zero (``P_eff = P * (|P| > threshold)``, native ops only, so masked entries get exactly zero
+gradient by themselves); ``l1_penalty(net)`` added to the loss pulls the surviving entries
+towards zero, so P grows sparse over training. threshold = initial_sparsity / sqrt(kh * kw * d)
+and P starts uniform in +-1/sqrt(kh * kw * d). The dense layer is the 1x1, H = W = 1 case.
+
+Each layer computes the same function in one of two forms (``form=``):
+
+- ``factored``: a 1x1 convolution c -> d (S = D x) and then a kh x kw convolution d -> m with
+  P_eff. Per forward pass over a batch of N: N * (d*c*H*W + m*d*kh*kw*H'*W') multiply-adds.
+- ``composed``: W = P_eff (x) D once per pass (one small matmul), then one ordinary convolution
+  with W; autograd carries the gradients back to P and D through W. Cost:
+  m*d*kh*kw*c + N * m*c*kh*kw*H'*W'.
+
+``auto`` (the default) takes the cheaper by that arithmetic (backward passes scale the same way)
+from the input shape the layer last saw in an imperative call, and the batch size set by
+``choose_forms(net, batch_size)`` if any. Without a known shape it compares the per-image terms
+only, i.e. assumes N*H*W large. No form changes the parameters, so either runs any checkpoint.
 """
 import math
 from collections import OrderedDict
@@ -15,65 +27,16 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import HybridBlock
 
-__all__ = ['LookupConv2D', 'LookupDense', 'lookup_layers', 'density_report', 'lookup_threshold']
+__all__ = ['LookupConv2D', 'LookupDense', 'lookup_layers', 'density_report', 'lookup_threshold',
+           'l1_penalty', 'choose_forms', 'FORMS']
 
 _ACTIVATIONS = ('relu', 'sigmoid', 'tanh', 'softrelu', 'softsign')
+FORMS = ('auto', 'factored', 'composed')
 
 
 def lookup_threshold(initial_sparsity, fan_in):
     """Magnitude at or below which a lookup entry counts as zero; fan_in = kh * kw * d."""
     return float(initial_sparsity) / math.sqrt(fan_in)
-
-
-class _ThresholdLookup(mx.operator.CustomOp):
-    """out = P * (|P| > t); dL/dP = mask * (dL/dout + l1_lambda * t * sign(P) * batch)."""
-
-    def __init__(self, threshold, l1_lambda):
-        super().__init__()
-        self.threshold = threshold
-        self.l1_lambda = l1_lambda
-
-    def forward(self, is_train, req, in_data, out_data, aux):
-        lookup = in_data[0]
-        self.assign(out_data[0], req[0], lookup * (mx.nd.abs(lookup) > self.threshold))
-
-    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
-        lookup = in_data[0]
-        mask = mx.nd.abs(lookup) > self.threshold
-        grad = out_grad[0]
-        if self.l1_lambda:
-            # Gluon's Trainer.step(batch_size) divides gradients by the batch size; multiplying
-            # here makes the pull `l1_lambda * threshold` per step whatever the batch size.
-            batch = float(in_data[1].asscalar())
-            grad = grad + (self.l1_lambda * self.threshold * batch) * mx.nd.sign(lookup)
-        self.assign(in_grad[0], req[0], grad * mask)
-        self.assign(in_grad[1], req[1], mx.nd.zeros_like(in_data[1]))
-
-
-@mx.operator.register('lcnn_threshold')
-class _ThresholdLookupProp(mx.operator.CustomOpProp):
-    def __init__(self, threshold, l1_lambda='0'):
-        super().__init__(need_top_grad=True)
-        self.threshold = float(threshold)
-        self.l1_lambda = float(l1_lambda)
-
-    def list_arguments(self):
-        return ['lookup', 'batch']
-
-    def list_outputs(self):
-        return ['output']
-
-    def infer_shape(self, in_shape):
-        return [in_shape[0], (1,)], [in_shape[0]], []
-
-    def infer_type(self, in_type):
-        return [in_type[0], np.int64], [in_type[0]], []
-
-    def declare_backward_dependency(self, out_grad, in_data, out_data):
-        return [out_grad[0], in_data[0], in_data[1]]
-
-    def create_operator(self, ctx, shapes, dtypes):
-        return _ThresholdLookup(self.threshold, self.l1_lambda)
 
 
 def _pair(value, name):
@@ -86,10 +49,10 @@ def _pair(value, name):
 
 
 class _LookupLayer(HybridBlock):
-    """What every lookup layer shares: parameters D and P, thresholding, density, validation."""
+    """What every lookup layer shares: parameters D and P, thresholding, forms, validation."""
 
     def __init__(self, out_features, dictionary_size, in_features, kernel, use_bias, activation,
-                 initial_sparsity, l1_lambda, **kwargs):
+                 initial_sparsity, l1_lambda, form='auto', **kwargs):
         super().__init__(**kwargs)
         if dictionary_size is None or int(dictionary_size) < 1:
             raise ValueError('%s: dictionary_size must be a positive int, got %r'
@@ -108,10 +71,17 @@ class _LookupLayer(HybridBlock):
                              % (type(self).__name__, initial_sparsity))
         if not l1_lambda >= 0:
             raise ValueError('%s: l1_lambda must be >= 0, got %r' % (type(self).__name__, l1_lambda))
+        if form not in FORMS:
+            raise ValueError('%s: form must be one of %s, got %r'
+                             % (type(self).__name__, FORMS, form))
         self._out_features = int(out_features)
         self._dictionary_size = int(dictionary_size)
         self._in_features = int(in_features)
         self._activation = activation
+        self._form = form
+        self._form_batch = None      # set by choose_forms: the training batch size
+        self._seen_shape = None      # input shape of the last imperative call
+        self._active_form = None     # what the next graph is built with
         self.initial_sparsity = float(initial_sparsity)
         self.l1_lambda = float(l1_lambda)
         fan_in = kernel[0] * kernel[1] * self._dictionary_size
@@ -127,7 +97,7 @@ class _LookupLayer(HybridBlock):
             self.bias = (self.params.get('bias', shape=(self._out_features,), init='zeros')
                          if use_bias else None)
 
-    # Subclasses: parameter shapes, input checks and the two linear maps.
+    # Subclasses: parameter shapes, input checks, the cost of each form and the two maps.
     _in_name = _out_name = ''
 
     def _dictionary_shape(self):
@@ -136,11 +106,37 @@ class _LookupLayer(HybridBlock):
     def _lookup_shape(self):
         raise NotImplementedError
 
-    def _masked_lookup(self, F, x, lookup):
-        """P with the threshold applied; its backward carries the mask and the L1 pull."""
-        batch = F.slice_axis(F.shape_array(x), axis=0, begin=0, end=1)
-        return F.Custom(lookup, batch, op_type='lcnn_threshold',
-                        threshold=repr(self.threshold), l1_lambda=repr(self.l1_lambda))
+    def form_costs(self, input_shape=None, batch_size=None):
+        """{'factored': MACs, 'composed': MACs} of one forward pass (see the module docstring).
+
+        ``input_shape`` defaults to the shape of the last imperative call, ``batch_size`` to
+        ``choose_forms``' batch or the input's first axis. With no shape known, only the
+        per-image terms are compared (the per-pass term of 'composed' counts as 0).
+        """
+        raise NotImplementedError
+
+    @property
+    def form(self):
+        """'auto', 'factored' or 'composed', as given to the constructor."""
+        return self._form
+
+    def resolved_form(self, input_shape=None, batch_size=None):
+        """The form a forward pass with ``input_shape`` runs ('factored' or 'composed')."""
+        if self._form != 'auto':
+            return self._form
+        costs = self.form_costs(input_shape, batch_size)
+        return 'composed' if costs['composed'] < costs['factored'] else 'factored'
+
+    def _masked_lookup(self, F, lookup):
+        """P with the threshold applied; the mask carries no gradient, so masked entries get 0."""
+        return lookup * (F.abs(lookup) > self.threshold)
+
+    def _graph_form(self):
+        """The form hybrid_forward builds. 'composed' needs the input width (D's full shape)."""
+        form = self._active_form or self.resolved_form()
+        if form == 'composed' and not all(self.dictionary.shape or (0,)):
+            return 'factored'
+        return form
 
     def _activate(self, F, out):
         return F.Activation(out, act_type=self._activation) if self._activation else out
@@ -162,6 +158,12 @@ class _LookupLayer(HybridBlock):
     def forward(self, x, *args):
         if isinstance(x, mx.nd.NDArray):
             self._check_input(x.shape)
+            self._seen_shape = tuple(x.shape)
+            known = self.dictionary.shape
+            if known and not all(known):
+                # Settle D's input width now, so the first graph can use the composed form.
+                self.dictionary.shape = self._dictionary_shape_for(x.shape)
+            self._active_form = self.resolved_form()
         return super().forward(x, *args)
 
     def _check_in_features(self, got):
@@ -170,9 +172,14 @@ class _LookupLayer(HybridBlock):
             raise ValueError('%s %s: input has %d features along the channel axis but %s=%d'
                              % (type(self).__name__, self.name, got, self._in_name, known))
 
+    def _batch_and_shape(self, input_shape, batch_size):
+        shape = tuple(input_shape) if input_shape is not None else self._seen_shape
+        batch = batch_size or self._form_batch or (shape[0] if shape else None)
+        return shape, batch
+
 
 class LookupConv2D(_LookupLayer):
-    """2-D convolution as a dictionary (1x1 conv c -> d) followed by a sparse lookup conv d -> m.
+    """2-D convolution W = P (x) D with a small dictionary D and a sparse lookup tensor P.
 
     Parameters
     ----------
@@ -191,13 +198,15 @@ class LookupConv2D(_LookupLayer):
     initial_sparsity : float, default 0.01
         threshold = initial_sparsity / sqrt(kh * kw * d).
     l1_lambda : float, default 0
-        Strength of the L1 pull on surviving lookup entries.
+        Strength of the L1 pull on surviving lookup entries (see ``l1_penalty``).
+    form : 'auto', 'factored' or 'composed', default 'auto'
+        How training computes the layer (module docstring); all three give the same function.
     """
     _in_name, _out_name = 'in_channels', 'channels'
 
     def __init__(self, channels, kernel_size, strides=1, padding=0, dictionary_size=None,
                  in_channels=0, use_bias=True, activation=None, initial_sparsity=0.01,
-                 l1_lambda=0.0, **kwargs):
+                 l1_lambda=0.0, form='auto', **kwargs):
         self._kernel = _pair(kernel_size, 'kernel_size')
         self._strides = _pair(strides, 'strides')
         self._padding = _pair(padding, 'padding')
@@ -209,7 +218,7 @@ class LookupConv2D(_LookupLayer):
             raise ValueError('LookupConv2D: padding must be >= 0, got %r' % (padding,))
         self._channels = int(channels)
         super().__init__(channels, dictionary_size, in_channels, self._kernel, use_bias,
-                         activation, initial_sparsity, l1_lambda, **kwargs)
+                         activation, initial_sparsity, l1_lambda, form, **kwargs)
 
     kernel_size = property(lambda self: self._kernel)
     strides = property(lambda self: self._strides)
@@ -224,6 +233,9 @@ class LookupConv2D(_LookupLayer):
     def _dictionary_shape(self):
         return (self._dictionary_size, self._in_features, 1, 1)
 
+    def _dictionary_shape_for(self, input_shape):
+        return (self._dictionary_size, int(input_shape[1]), 1, 1)
+
     def _lookup_shape(self):
         return (self._out_features, self._dictionary_size) + self._kernel
 
@@ -237,14 +249,35 @@ class LookupConv2D(_LookupLayer):
                 raise ValueError('LookupConv2D %s: input %s with padding=%s is smaller than '
                                  'kernel_size=%s' % (self.name, shape, self._padding, self._kernel))
 
+    def form_costs(self, input_shape=None, batch_size=None):
+        shape, batch = self._batch_and_shape(input_shape, batch_size)
+        m, d = self._channels, self._dictionary_size
+        kh, kw = self._kernel
+        if shape is None:   # per image, N*H*W large, H' = H
+            c = self.in_channels or d
+            return dict(factored=d * c + m * d * kh * kw, composed=m * c * kh * kw)
+        c, h, w = shape[1:]
+        out_h = (h + 2 * self._padding[0] - kh) // self._strides[0] + 1
+        out_w = (w + 2 * self._padding[1] - kw) // self._strides[1] + 1
+        return dict(factored=batch * (d * c * h * w + m * d * kh * kw * out_h * out_w),
+                    composed=m * d * kh * kw * c + batch * m * c * kh * kw * out_h * out_w)
+
     def hybrid_forward(self, F, x, dictionary, lookup, bias=None):
-        s = F.Convolution(x, dictionary, kernel=(1, 1), num_filter=self._dictionary_size,
-                          no_bias=True, name='dict')
-        p = self._masked_lookup(F, x, lookup)
-        # D has no bias, so padding S equals padding x.
-        out = F.Convolution(s, p, bias, kernel=self._kernel, stride=self._strides,
-                            pad=self._padding, num_filter=self._out_features,
-                            no_bias=bias is None, name='lookup')
+        p = self._masked_lookup(F, lookup)
+        conv = dict(kernel=self._kernel, stride=self._strides, pad=self._padding,
+                    num_filter=self._out_features, no_bias=bias is None)
+        if self._graph_form() == 'composed':
+            m, d = self._out_features, self._dictionary_size
+            kh, kw = self._kernel
+            rows = F.dot(F.reshape(F.transpose(p, axes=(0, 2, 3, 1)), shape=(-1, d)),
+                         F.reshape(dictionary, shape=(d, -1)))
+            weight = F.transpose(F.reshape(rows, shape=(m, kh, kw, -1)), axes=(0, 3, 1, 2))
+            out = F.Convolution(x, weight, bias, name='composed', **conv)
+        else:
+            s = F.Convolution(x, dictionary, kernel=(1, 1), num_filter=self._dictionary_size,
+                              no_bias=True, name='dict')
+            # D has no bias, so padding S equals padding x.
+            out = F.Convolution(s, p, bias, name='lookup', **conv)
         return self._activate(F, out)
 
     def effective_weight(self):
@@ -257,26 +290,28 @@ class LookupConv2D(_LookupLayer):
 
     def __repr__(self):
         return ('{name}({cin} -> {m}, kernel_size={k}, stride={s}, padding={p}, '
-                'dictionary_size={d}{act})').format(
+                'dictionary_size={d}{act}, form={f})').format(
                     name=type(self).__name__, cin=self.in_channels or None, m=self._channels,
                     k=self._kernel, s=self._strides, p=self._padding, d=self._dictionary_size,
-                    act=', activation=%s' % self._activation if self._activation else '')
+                    act=', activation=%s' % self._activation if self._activation else '',
+                    f=self._form)
 
 
 class LookupDense(_LookupLayer):
-    """Fully connected layer y = P (D x) + b with a small dictionary D and sparse P.
+    """Fully connected layer y = (P_eff D) x + b with a small dictionary D and sparse P.
 
-    Parameters mirror ``gluon.nn.Dense`` plus ``dictionary_size``, ``initial_sparsity`` and
-    ``l1_lambda`` (see LookupConv2D). With ``flatten=False`` the map applies to the last axis.
+    Parameters mirror ``gluon.nn.Dense`` plus ``dictionary_size``, ``initial_sparsity``,
+    ``l1_lambda`` and ``form`` (see LookupConv2D). With ``flatten=False`` the map applies to the
+    last axis. Costs per pass: factored N*(d*c + m*d), composed m*d*c + N*m*c.
     """
     _in_name, _out_name = 'in_units', 'units'
 
     def __init__(self, units, dictionary_size=None, in_units=0, use_bias=True, activation=None,
-                 initial_sparsity=0.01, l1_lambda=0.0, flatten=True, **kwargs):
+                 initial_sparsity=0.01, l1_lambda=0.0, flatten=True, form='auto', **kwargs):
         self._flatten = bool(flatten)
         self._units = int(units)
         super().__init__(units, dictionary_size, in_units, (1, 1), use_bias, activation,
-                         initial_sparsity, l1_lambda, **kwargs)
+                         initial_sparsity, l1_lambda, form, **kwargs)
 
     units = property(lambda self: self._units)
     activation = property(lambda self: self._activation)
@@ -289,6 +324,10 @@ class LookupDense(_LookupLayer):
     def _dictionary_shape(self):
         return (self._dictionary_size, self._in_features)
 
+    def _dictionary_shape_for(self, input_shape):
+        width = int(np.prod(input_shape[1:])) if self._flatten else int(input_shape[-1])
+        return (self._dictionary_size, width)
+
     def _lookup_shape(self):
         return (self._out_features, self._dictionary_size)
 
@@ -298,12 +337,25 @@ class LookupDense(_LookupLayer):
                              % (self.name, shape))
         self._check_in_features(int(np.prod(shape[1:])) if self._flatten else shape[-1])
 
+    def form_costs(self, input_shape=None, batch_size=None):
+        shape, batch = self._batch_and_shape(input_shape, batch_size)
+        m, d = self._units, self._dictionary_size
+        if shape is None:
+            c = self.in_units or d
+            return dict(factored=d * c + m * d, composed=m * c)
+        c = self._dictionary_shape_for(shape)[1]
+        rows = batch if self._flatten else int(np.prod(shape[:-1])) * batch // max(shape[0], 1)
+        return dict(factored=rows * (d * c + m * d), composed=m * d * c + rows * m * c)
+
     def hybrid_forward(self, F, x, dictionary, lookup, bias=None):
-        s = F.FullyConnected(x, dictionary, num_hidden=self._dictionary_size, no_bias=True,
-                             flatten=self._flatten, name='dict')
-        p = self._masked_lookup(F, x, lookup)
-        out = F.FullyConnected(s, p, bias, num_hidden=self._units, no_bias=bias is None,
-                               flatten=self._flatten, name='lookup')
+        p = self._masked_lookup(F, lookup)
+        fc = dict(num_hidden=self._units, no_bias=bias is None, flatten=self._flatten)
+        if self._graph_form() == 'composed':
+            out = F.FullyConnected(x, F.dot(p, dictionary), bias, name='composed', **fc)
+        else:
+            s = F.FullyConnected(x, dictionary, num_hidden=self._dictionary_size, no_bias=True,
+                                 flatten=self._flatten, name='dict')
+            out = F.FullyConnected(s, p, bias, name='lookup', **fc)
         return self._activate(F, out)
 
     def effective_weight(self):
@@ -311,10 +363,10 @@ class LookupDense(_LookupLayer):
         return mx.nd.dot(self.masked_lookup_data(), self.dictionary.data())
 
     def __repr__(self):
-        return '{name}({cin} -> {u}, dictionary_size={d}{act})'.format(
+        return '{name}({cin} -> {u}, dictionary_size={d}{act}, form={f})'.format(
             name=type(self).__name__, cin=self.in_units or None, u=self._units,
             d=self._dictionary_size,
-            act=', activation=%s' % self._activation if self._activation else '')
+            act=', activation=%s' % self._activation if self._activation else '', f=self._form)
 
 
 def lookup_layers(net):
@@ -328,6 +380,47 @@ def lookup_layers(net):
             visit(child)
     visit(net)
     return found
+
+
+def choose_forms(net, batch_size):
+    """Let every 'auto' lookup layer under ``net`` choose its form for training batches of
+    ``batch_size``, from the input shape it saw in the last imperative forward pass.
+
+    Call it after one forward pass and before the first hybridized call (a built graph keeps the
+    form it was built with). Returns OrderedDict layer name -> 'factored' or 'composed'.
+    """
+    if int(batch_size) < 1:
+        raise ValueError('choose_forms: batch_size must be >= 1, got %r' % (batch_size,))
+    chosen = OrderedDict()
+    for name, layer in lookup_layers(net).items():
+        layer._form_batch = int(batch_size)
+        layer._active_form = layer.resolved_form()
+        chosen[name] = layer._active_form
+    return chosen
+
+
+def l1_penalty(net, ctx=None):
+    """The L1 term of every lookup layer under ``net``: sum of l1_lambda * threshold * |P_eff|.
+
+    Add it to the per-sample loss before ``backward`` (``loss = loss_fn(out, y) +
+    l1_penalty(net)``): it then reaches P's gradient once per sample, and ``trainer.step(batch)``
+    turns that into a pull of ``l1_lambda * threshold * sign(P)`` per step on every surviving
+    entry, whatever the batch size (with gradient accumulation too). Pure NDArray ops: no host
+    synchronisation, and Horovod's gradient averaging leaves the (identical) pull unchanged.
+    Returns an NDArray of shape (1,), zero when no layer has an L1 pull.
+    """
+    terms = []
+    for layer in lookup_layers(net).values():
+        if not layer.l1_lambda:
+            continue
+        lookup = layer.lookup.data(ctx)
+        if lookup.dtype == np.float16:     # a float16 sum over millions of entries overflows
+            lookup = lookup.astype('float32')
+        size = mx.nd.abs(lookup)
+        terms.append((size * (size > layer.threshold)).sum() * (layer.l1_lambda * layer.threshold))
+    if not terms:
+        return mx.nd.zeros((1,), ctx=ctx or mx.current_context())
+    return mx.nd.add_n(*terms) if len(terms) > 1 else terms[0]
 
 
 def density_report(net):
