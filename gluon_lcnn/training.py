@@ -24,11 +24,17 @@ class LocalHorovod:
     """The part of ``horovod.mxnet`` the scripts use, for a single process without Horovod.
 
     ``allreduce`` returns a copy (the sum over one worker), ``broadcast_parameters`` does nothing
-    and ``DistributedTrainer`` is a plain ``gluon.Trainer`` without a kvstore: with one worker
-    these are exactly what Horovod computes.
+    and ``DistributedTrainer`` is a plain ``gluon.Trainer`` without a kvstore (``compression`` is
+    accepted and has nothing to compress): with one worker these are exactly what Horovod
+    computes.
     """
     Sum = 'sum'
     Average = 'average'
+
+    class Compression:
+        """Names of Horovod's gradient compressions; one worker sends nothing to compress."""
+        none = None
+        fp16 = 'fp16'
 
     def init(self):
         pass
@@ -54,7 +60,7 @@ class LocalHorovod:
         pass
 
     @staticmethod
-    def DistributedTrainer(params, optimizer, optimizer_params=None):
+    def DistributedTrainer(params, optimizer, optimizer_params=None, compression=None):
         return mx.gluon.Trainer(params, optimizer, optimizer_params, kvstore=None)
 
     def __repr__(self):

@@ -286,3 +286,18 @@ def test_two_workers_with_mkldnn_blocked_weights(tmp_path):
     assert '[epoch 2/2]' in stdout
     digests = [(tmp_path / ('digest-rank%d.txt' % r)).read_text() for r in range(2)]
     assert digests[0] == digests[1]
+
+
+def test_two_workers_fp16_allreduce_composed_form(records, tmp_path):
+    """Horovod's fp16 gradient compression, the composed lookup form and gradient accumulation
+    together: replicas still agree bit for bit, and every epoch reports its throughput."""
+    stdout = run(horovodrun() + train_args(records, tmp_path, '--num-epochs', '2',
+                                           '--fp16-allreduce', '--lookup-form', 'composed',
+                                           '--grad-accumulation', '2', '--debug-digest'))
+    assert 'composed, 0 factored (--lookup-form composed, batch 8)' in stdout
+    lines = [l for l in stdout.splitlines() if 'throughput' in l]
+    assert len(lines) == 2 and all('per worker' in l and '(2 worker(s))' in l for l in lines)
+    history = read_json(tmp_path / 'metrics.json')['history']
+    assert all(np.isfinite(h['train_loss']) for h in history)
+    digests = [(tmp_path / ('digest-presync-rank%d.txt' % r)).read_text() for r in range(2)]
+    assert digests[0] == digests[1]

@@ -25,7 +25,7 @@ from tqdm import tqdm
 import gluon_lcnn
 from gluon_lcnn import training
 from gluon_lcnn.data import FashionMNISTBatches, RecordBatches, SyntheticBatches
-from gluon_lcnn.nn import density_report
+from gluon_lcnn.nn import choose_forms, density_report, l1_penalty
 
 
 def parse_args(argv=None, defaults=None):
@@ -69,6 +69,11 @@ def parse_args(argv=None, defaults=None):
                    help='micro-batches summed per optimizer step')
     p.add_argument('--dtype', default='float32', choices=['float32', 'float16'],
                    help='float16 needs a GPU')
+    p.add_argument('--fp16-allreduce', action='store_true',
+                   help="compress gradients to float16 for the allreduce (Horovod's fp16 "
+                        "compression)")
+    p.add_argument('--lookup-form', default='auto', choices=['auto', 'factored', 'composed'],
+                   help='how lookup layers compute in training (auto: cheaper by MAC count)')
     p.add_argument('--data-nthreads', type=int, default=4, help='decoding threads per worker')
     p.add_argument('--save-dir', default='checkpoints')
     p.add_argument('--keep-checkpoints', type=int, default=2)
@@ -139,6 +144,8 @@ def build_net(args):
         kwargs['l1_lambda'] = args.l1_lambda
     if args.initial_sparsity is not None:
         kwargs['initial_sparsity'] = args.initial_sparsity
+    if args.lookup_form != 'auto':
+        kwargs['form'] = args.lookup_form
     return gluon_lcnn.get_model(args.model, **kwargs)
 
 
@@ -189,6 +196,11 @@ def main(argv=None, defaults=None):
         return result
     if args.dtype == 'float16':
         net.cast('float16')
+    forms = list(choose_forms(net, args.batch_size).values())
+    if forms:
+        log('lookup layers: %d composed, %d factored (--lookup-form %s, batch %d)'
+            % (forms.count('composed'), forms.count('factored'), args.lookup_form,
+               args.batch_size))
     if not args.no_hybridize:
         net.hybridize(static_alloc=True)
 
@@ -215,7 +227,9 @@ def main(argv=None, defaults=None):
                 param.grad_req = 'add'
     optimizer_params = dict(learning_rate=args.lr * size, wd=args.wd, momentum=args.momentum,
                             multi_precision=args.dtype == 'float16')
-    trainer = hvd.DistributedTrainer(net.collect_params(), args.optimizer, optimizer_params)
+    compression = hvd.Compression.fp16 if args.fp16_allreduce else hvd.Compression.none
+    trainer = hvd.DistributedTrainer(net.collect_params(), args.optimizer, optimizer_params,
+                                     compression=compression)
 
     start_epoch, history = 0, []
     if args.resume:
@@ -256,7 +270,9 @@ def main(argv=None, defaults=None):
                 with autograd.record():
                     output = net(data).astype('float32', copy=False)
                     loss = loss_fn(output, label)
-                loss.backward()
+                    # The lookup layers' L1 pull, once per sample (see nn.l1_penalty).
+                    total = loss + l1_penalty(net, ctx) if forms else loss
+                total.backward()
                 loss_sum += loss.sum()
                 correct += training.topk_correct(output, label, num_valid, 1)
                 seen += num_valid
@@ -291,6 +307,9 @@ def main(argv=None, defaults=None):
             '%.1f samples/s | %.1f s | lr %.4g'
             % (epoch + 1, args.num_epochs, record['train_loss'], record['train_top1'],
                val['top1'], val['top5'], record['samples_per_sec'], record['epoch_time'], lr))
+        log('[epoch %d/%d] throughput %.1f samples/s per worker, %.1f samples/s total '
+            '(%d worker(s))' % (epoch + 1, args.num_epochs, record['samples_per_sec'] / size,
+                                record['samples_per_sec'], size))
         if density:
             log('[epoch %d/%d] lookup density %s'
                 % (epoch + 1, args.num_epochs, training.format_density(density)))
