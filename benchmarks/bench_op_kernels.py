@@ -29,7 +29,6 @@ os.environ.setdefault('MXNET_ENGINE_TYPE', 'NaiveEngine')
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import time  # noqa: E402
 
 import mxnet as mx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -37,6 +36,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gluon_lcnn  # noqa: E402,F401  (loads the operator library)
 from gluon_lcnn.nn.sparse import pack_lookup  # noqa: E402
+from gluon_lcnn.timing import medians, time_call, time_calls_interleaved  # noqa: E402
 
 # name, c, m, (H, W), kernel, stride, pad, dictionary size, published density (LCNN-fast)
 ALEXNET_FAST = [
@@ -48,33 +48,15 @@ ALEXNET_FAST = [
 ]
 
 
-def median_times(fns, repeat, warmup):
-    """Median seconds of each function, called in interleaved rounds."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn().wait_to_read()
-    times = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, bucket in zip(fns, times):
-            start = time.perf_counter()
-            fn().wait_to_read()
-            bucket.append(time.perf_counter() - start)
-    return [float(np.median(t)) for t in times]
-
-
-def median_time(fn, repeat, warmup):
-    return median_times([fn], repeat, warmup)[0]
-
-
 def call_overhead(repeat, warmup):
     """Median time of lcnn_sparse_conv on a 1x1 input: MXNet's fixed per-call cost."""
     packed = pack_lookup(np.ones((1, 1, 1, 1), np.float32))
     ops = [mx.nd.array(a, dtype=a.dtype) for a in
            (packed.indptr, packed.dict_index, packed.kernel_offset, packed.value)]
     s_in = mx.nd.ones((1, 1, 1, 1))
-    return median_time(lambda: mx.nd.lcnn_sparse_conv(
+    return time_call(lambda: mx.nd.lcnn_sparse_conv(
         s_in, *ops, num_filter=1, dictionary_size=1, kernel=(1, 1), no_bias=True),
-        repeat, warmup)
+        repeat=repeat, warmup=warmup)
 
 
 def bench_layer(name, c, m, hw, k, s, p, d, density, batch, repeat, warmup, rng, overhead=0.0):
@@ -107,8 +89,8 @@ def bench_layer(name, c, m, hw, k, s, p, d, density, batch, repeat, warmup, rng,
     err = float(mx.nd.abs(fused_op() - out).max().asscalar())
     assert err <= 1e-3 * (1 + float(mx.nd.abs(out).max().asscalar())), err
     ho, wo = out.shape[2:]
-    t_dense, t_fused, t_dict, t_lookup = median_times(
-        [dense, fused_op, dict_conv, lookup_op], repeat, warmup)
+    t_dense, t_fused, t_dict, t_lookup = medians(time_calls_interleaved(
+        [dense, fused_op, dict_conv, lookup_op], repeat=repeat, warmup=warmup))
     pos = batch * ho * wo
     dense_macs = m * c * k * k * pos
     dict_macs = d * c * h * w * batch

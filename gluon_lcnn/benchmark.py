@@ -1,96 +1,34 @@
-"""Timing helpers shared by to_inference's kernel choice, benchmarks/ and the CLI.
+"""LCNN against its dense twin: layer- and model-level comparisons, benchmarks/ and the CLI.
 
 Rules (DESIGN.md "Measuring speed honestly"): one process, the same input for every candidate,
 warm-up first, median of many runs, and every LCNN figure next to its dense twin measured in the
-same run. MXNet fixes its thread count when it starts, so each thread setting runs in its own
-subprocess with OMP_NUM_THREADS set (``run_in_subprocess``).
+same run (the timing primitives are in ``gluon_lcnn.timing``). MXNet fixes its thread count when
+it starts, so each thread setting runs in its own subprocess with OMP_NUM_THREADS set
+(``run_in_subprocess``).
 """
 import json
 import os
 import subprocess
 import sys
-import time
 from collections import OrderedDict
 
 import mxnet as mx
 import numpy as np
+from mxnet.gluon import nn
 
-__all__ = ['time_call', 'time_block', 'time_blocks_interleaved', 'random_lookup',
-           'compare_layer', 'layer_shapes', 'randomize_batchnorm', 'dense_twin_name',
-           'build_inference', 'total_macs', 'compare_models', 'layer_breakdown',
-           'markdown_table', 'render_models', 'add_arguments', 'run', 'run_in_subprocess']
+from . import flops
+from .deploy import to_inference
+from .model_zoo import get_model, list_models, set_lookup_density
+from .model_zoo.common import PUBLISHED_DENSITIES
+from .nn.lookup import LookupConv2D, lookup_layers
+from .nn.sparse import (CoveringConv, SparseLookupConv2D, SparseLookupDense,
+                        initialize_constants)
+from .timing import medians, time_block, time_blocks_interleaved
 
-
-def time_call(fn, repeat=30, warmup=5, max_seconds=None):
-    """Median wall time (seconds) of ``fn()``, which must block until its work is done.
-
-    ``warmup`` untimed calls first; then ``repeat`` timed calls, stopping early (after at least
-    3) once ``max_seconds`` of timed runs have passed.
-    """
-    if repeat < 1:
-        raise ValueError('time_call: repeat must be >= 1, got %r' % repeat)
-    for _ in range(max(0, warmup)):
-        fn()
-    times = []
-    start = time.perf_counter()
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if max_seconds is not None and len(times) >= 3 and t0 - start > max_seconds:
-            break
-    return float(np.median(times))
-
-
-def _wait(out):
-    if isinstance(out, (list, tuple)):
-        for o in out:
-            _wait(o)
-    else:
-        out.wait_to_read()
-
-
-def time_block(block, x, repeat=30, warmup=5, max_seconds=None, hybridize=True):
-    """Median seconds of one inference forward ``block(x)`` (hybridized with static memory)."""
-    if hybridize and hasattr(block, 'hybridize'):
-        block.hybridize(static_alloc=True, static_shape=True)
-
-    def once():
-        with mx.autograd.predict_mode():
-            _wait(block(x))
-    return time_call(once, repeat=repeat, warmup=warmup, max_seconds=max_seconds)
-
-
-def time_blocks_interleaved(blocks, x, repeat=30, warmup=5, max_seconds=None, rewarm=1):
-    """Per-round times of several blocks on the same input, run alternately.
-
-    One round runs every block in turn: ``rewarm`` untimed runs (so its weights are back in
-    the cache, as in back-to-back inference), then one timed run. Alternating keeps a shared
-    machine's changing load from favouring whichever block happened to be timed in a quiet
-    moment. Returns one list of seconds per block (stops after at least 3 rounds once
-    ``max_seconds`` have passed).
-    """
-    calls = []
-    for block in blocks:
-        block.hybridize(static_alloc=True, static_shape=True)
-        calls.append(lambda b=block: _wait(b(x)))
-    with mx.autograd.predict_mode():
-        for _ in range(max(0, warmup)):
-            for call in calls:
-                call()
-        times = [[] for _ in blocks]
-        start = time.perf_counter()
-        for _ in range(repeat):
-            for call, series in zip(calls, times):
-                for _ in range(rewarm):
-                    call()
-                t0 = time.perf_counter()
-                call()
-                series.append(time.perf_counter() - t0)
-            if max_seconds is not None and len(times[0]) >= 3 and \
-                    time.perf_counter() - start > max_seconds:
-                break
-    return times
+__all__ = ['random_lookup', 'compare_layer', 'layer_shapes', 'randomize_batchnorm',
+           'dense_twin_name', 'build_inference', 'total_macs', 'compare_models',
+           'layer_breakdown', 'markdown_table', 'render_models', 'add_arguments', 'run',
+           'run_in_subprocess']
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,14 +54,12 @@ def compare_layer(in_channels, channels, kernel, dictionary_size, density, in_si
 
     Returns an OrderedDict with the geometry, ``dense_ms`` (MKLDNN Conv2D / Dense with bias),
     ``lcnn_ms`` (dictionary + sparse op with bias), ``fc_form_ms`` (for a conv whose kernel
-    covers its input: dictionary + sparse dense op, ``deploy.CoveringConv``; else None),
+    covers its input: dictionary + sparse dense op, ``nn.sparse.CoveringConv``; else None),
     ``lookup_ms`` (the faster sparse op alone on the dictionary output), ``mac_ratio`` (dense
     MACs / LCNN MACs), ``speedup`` (median of per-round ratios of dense to the faster LCNN
     form, all run alternately) and ``lookup_gflops`` (2 * nnz * output positions / lookup
     time: useful work only).
     """
-    from mxnet.gluon import nn
-    from .nn import sparse
     ctx = ctx or mx.cpu()
     rng = np.random.RandomState(seed)
     conv = in_size is not None
@@ -147,36 +83,35 @@ def compare_layer(in_channels, channels, kernel, dictionary_size, density, in_si
     if conv:
         dense = nn.Conv2D(channels, (kh, kw), strides=(sh, sw), padding=(ph, pw),
                           in_channels=in_channels)
-        lcnn = sparse.SparseLookupConv2D(p, bias=bias, dictionary=dictionary, strides=(sh, sw),
-                                         padding=(ph, pw))
-        stage = sparse.SparseLookupConv2D(p, bias=bias, strides=(sh, sw), padding=(ph, pw))
+        lcnn = SparseLookupConv2D(p, bias=bias, dictionary=dictionary, strides=(sh, sw),
+                                  padding=(ph, pw))
+        stage = SparseLookupConv2D(p, bias=bias, strides=(sh, sw), padding=(ph, pw))
     else:
         dense = nn.Dense(channels, in_units=in_channels)
-        lcnn = sparse.SparseLookupDense(p, bias=bias, dictionary=dictionary)
-        stage = sparse.SparseLookupDense(p, bias=bias)
+        lcnn = SparseLookupDense(p, bias=bias, dictionary=dictionary)
+        stage = SparseLookupDense(p, bias=bias)
     dense.initialize(mx.init.Xavier(), ctx=ctx)
-    from .deploy import CoveringConv, _initialize_missing
     candidates, stages = [lcnn], [stage]
     if conv and (h, w) == (kh, kw) and (ph, pw) == (0, 0):
         # The kernel covers the input (AlexNet's fc6): to_inference also times the fc form.
-        flat = sparse.SparseLookupDense(lookup.reshape(channels, -1), bias=bias)
+        flat = SparseLookupDense(lookup.reshape(channels, -1), bias=bias)
         dict_conv = nn.Conv2D(dictionary_size, 1, in_channels=in_channels, use_bias=False)
         dict_conv.initialize(ctx=ctx)
         dict_conv.weight.set_data(dictionary)
         candidates.append(CoveringConv(dict_conv, flat))
         stages.append(flat)
     for block in candidates + stages:
-        _initialize_missing(block, ctx)
+        initialize_constants(block, ctx)
     x = mx.nd.array(rng.normal(0, 1, x_shape).astype(np.float32), ctx=ctx)
     s = mx.nd.array(rng.normal(0, 1, s_shape).astype(np.float32), ctx=ctx)
     kw_t = dict(repeat=repeat, warmup=warmup, max_seconds=max_seconds)
     times = time_blocks_interleaved([dense] + candidates, x, **kw_t)
     dense_t = np.array(times[0])
-    medians = [float(np.median(t)) for t in times[1:]]
-    best = int(np.argmin(medians))  # the LCNN form to_inference would keep
-    dense_s, lcnn_s = float(np.median(dense_t)), medians[0]
+    forms = medians(times[1:])
+    best = int(np.argmin(forms))  # the LCNN form to_inference would keep
+    dense_s, lcnn_s = float(np.median(dense_t)), forms[0]
     speedup = float(np.median(dense_t / np.array(times[1 + best])))
-    lookup_s = min(float(np.median(t)) for t in time_blocks_interleaved(stages, s, **kw_t))
+    lookup_s = min(medians(time_blocks_interleaved(stages, s, **kw_t)))
     nnz = int(np.count_nonzero(lookup))
     dense_macs = channels * in_channels * kh * kw * ho * wo
     lcnn_macs = dictionary_size * in_channels * h * w + nnz * ho * wo
@@ -186,7 +121,7 @@ def compare_layer(in_channels, channels, kernel, dictionary_size, density, in_si
                                                                            '%dx%d' % (ho, wo)),
         ('dictionary', dictionary_size), ('density', nnz / float(lookup.size)), ('batch', batch),
         ('dense_ms', dense_s * 1e3), ('lcnn_ms', lcnn_s * 1e3),
-        ('fc_form_ms', medians[1] * 1e3 if len(medians) > 1 else None),
+        ('fc_form_ms', forms[1] * 1e3 if len(forms) > 1 else None),
         ('lookup_ms', lookup_s * 1e3),
         ('mac_ratio', dense_macs / float(lcnn_macs)), ('speedup', speedup),
         ('lookup_gflops', 2.0 * nnz * ho * wo * batch / lookup_s / 1e9),
@@ -199,8 +134,6 @@ def layer_shapes(name, size=224, **kwargs):
     Returns a list of dicts (name, in_channels, channels, kernel, strides, padding, in_size,
     dictionary_size); ``in_size`` is None for LookupDense layers.
     """
-    from .model_zoo import get_model
-    from .nn.lookup import LookupConv2D, lookup_layers
     net = get_model(name, **kwargs)
     net.initialize()
     layers = lookup_layers(net)
@@ -246,7 +179,6 @@ def randomize_batchnorm(net, seed=0):
 
 def dense_twin_name(name):
     """The dense zoo model of an LCNN model's family: 'alexnet_lcnn_fast' -> 'alexnet'."""
-    from .model_zoo import list_models
     names = list_models()
     key = name.lower()
     if 'lcnn' not in key:
@@ -267,8 +199,6 @@ def build_inference(name, input_shape, density=None, seed=0, choose='auto', ctx=
     of ``name``; a float or a sequence is passed to ``set_lookup_density``.
     Returns (inference block, training net).
     """
-    from .deploy import to_inference
-    from .model_zoo import get_model, set_lookup_density
     ctx = ctx or mx.cpu()
     mx.random.seed(seed)
     net = get_model(name, **model_kwargs)
@@ -284,7 +214,6 @@ def build_inference(name, input_shape, density=None, seed=0, choose='auto', ctx=
 
 def total_macs(net, input_shape):
     """Multiply-adds of one forward pass of ``net`` on ``input_shape``, per flops.profile."""
-    from . import flops
     return float(flops.profile(net, input_shape).totals['macs'])
 
 
@@ -307,7 +236,7 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
         x = mx.nd.array(np.random.RandomState(seed).uniform(-1, 1, shape).astype(np.float32))
         kw = dict(repeat=repeat, warmup=warmup, max_seconds=max_seconds)
         dense_t, lcnn_t = time_blocks_interleaved([dense, lcnn], x, **kw)
-        dense_s, lcnn_s = float(np.median(dense_t)), float(np.median(lcnn_t))
+        dense_s, lcnn_s = medians([dense_t, lcnn_t])
         one = (1, 3, size, size)
         lcnn_macs, dense_macs = total_macs(lcnn_train, one), total_macs(dense_train, one)
         row = OrderedDict([
@@ -333,7 +262,6 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
 def _density_label(name, density):
     """'published' / 'assumed' (the zoo's table the densities came from), or the value."""
     if density == 'published':
-        from .model_zoo.common import PUBLISHED_DENSITIES
         return 'published' if name in PUBLISHED_DENSITIES else 'assumed'
     return 'init' if density is None else str(density)
 
@@ -344,11 +272,7 @@ def _threads():
 
 def _leaves(block):
     """Blocks timed one by one in a breakdown: inference layers and child-less blocks."""
-    from mxnet.gluon import nn
-    from .deploy import CoveringConv
-    from .nn import sparse
-    kinds = (nn.Conv2D, nn.Dense, sparse.SparseLookupConv2D, sparse.SparseLookupDense,
-             CoveringConv)
+    kinds = (nn.Conv2D, nn.Dense, SparseLookupConv2D, SparseLookupDense, CoveringConv)
     if isinstance(block, kinds) or not block._children:
         return [block]
     return [leaf for child in block._children.values() for leaf in _leaves(child)]
@@ -364,7 +288,6 @@ def layer_breakdown(net, input_shape, repeat=20, warmup=3, max_seconds=2.0):
     None for nets with branches (ResNet), whose elementwise work is then not covered.
     Returns a list of OrderedDicts (layer, type, input, ms, in_net_ms).
     """
-    from mxnet.gluon import nn
     leaves = _leaves(net)
     shapes = {}
     # Hooks only fire imperatively: run a fresh, non-hybridized pass.

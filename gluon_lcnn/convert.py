@@ -140,7 +140,11 @@ def _walk(block, path=''):
         yield from _walk(child, child_path)
 
 
-def _replace(parent, key, old, new):
+def replace_child(parent, key, new):
+    """Put block ``new`` in child slot ``key`` of ``parent``, and in every attribute of
+    ``parent`` that pointed at the old child (custom hybrid_forward code reaches children
+    through attributes such as ``self.body``)."""
+    old = parent._children[key]
     parent._children[key] = new
     for attr, value in list(vars(parent).items()):
         if value is old:
@@ -277,7 +281,7 @@ def to_lcnn(net, dictionary_size=32, first_dictionary_size=None, dense_dictionar
                 else initial_sparsity, l1_lambda=l1_lambda))
             if _param_ready(old.weight) and (geo.get('in_channels') or geo.get('in_units')):
                 new.initialize(ctx=old.weight.list_ctx())
-        _replace(parent, key, old, new)
+        replace_child(parent, key, new)
         _log.info('to_lcnn: %s -> %r', old.name, new)
     for _, _, block, _ in _walk(root_holder):
         if isinstance(block, mx.gluon.HybridBlock):

@@ -20,6 +20,8 @@ children and, inside every (Hybrid)Sequential,
 Blocks whose ``hybrid_forward`` uses its children in custom ways (e.g. a ResNet BasicBlock with
 ``body`` and ``downsample``) are copied and their children converted one by one, so folding happens
 inside their inner sequences. Patterns it does not know stay as they are and remain correct.
+Every inference block it builds lives in ``gluon_lcnn.nn.sparse``; the timing is
+``gluon_lcnn.timing``'s.
 """
 import copy
 from collections import OrderedDict
@@ -29,10 +31,14 @@ import numpy as np
 from mxnet.gluon import Block, HybridBlock, nn
 from mxnet.gluon.block import _BlockScope
 
+from .convert import replace_child
 from .flops import probe_forward
 from .nn.lookup import LookupConv2D, LookupDense
+from .nn.sparse import (CoveringConv, LcnnMaxPool, SparseLookupConv2D, SparseLookupDense,
+                        initialize_constants)
+from .timing import medians, time_blocks_interleaved
 
-__all__ = ['to_inference', 'fold_batchnorm_params', 'LcnnMaxPool', 'CoveringConv']
+__all__ = ['to_inference', 'fold_batchnorm_params']
 
 _CHOICES = ('auto', 'sparse', 'dense')
 
@@ -139,20 +145,19 @@ class _Layer:
 
     def build_sparse(self, ctx):
         """``SparseLookupConv2D`` / ``SparseLookupDense`` (+ an Activation if not ReLU)."""
-        from .nn import sparse  # the op library loads on first use
         self.ctx = ctx
         relu = self.act == 'relu'
         if self.kind == 'conv':
-            block = sparse.SparseLookupConv2D(
+            block = SparseLookupConv2D(
                 self._f32(self.lookup), bias=self._f32(self.bias),
                 dictionary=self._f32(self.dictionary), strides=self.strides,
                 padding=self.padding, relu=relu, prefix=self.prefix)
         else:
-            block = sparse.SparseLookupDense(
+            block = SparseLookupDense(
                 self._f32(self.lookup), bias=self._f32(self.bias),
                 dictionary=self._f32(self.dictionary), relu=relu, flatten=self.flatten,
                 prefix=self.prefix)
-        _initialize_missing(block, ctx)
+        initialize_constants(block, ctx)
         if self.act is None or relu:
             return block
         seq = nn.HybridSequential(prefix=self.prefix + 'act_')
@@ -179,44 +184,17 @@ class _Layer:
 
     def build_sparse_fc(self, ctx):
         """A covering lookup conv as 1x1 dictionary conv + SparseLookupDense over (q, i, j)."""
-        from .nn import sparse
         self.ctx = ctx
         d, c = self.dictionary.shape[:2]
         dictionary = nn.Conv2D(d, 1, in_channels=c, use_bias=False, prefix=self.prefix + 'dict_')
         dictionary.initialize(ctx=ctx)
         dictionary.weight.set_data(self._f32(self.dictionary.reshape(d, c, 1, 1)))
         # S (N, d, kh, kw) flattens in (q, i, j) order, the order of P's columns below.
-        fc = sparse.SparseLookupDense(self._f32(self.lookup.reshape(self.lookup.shape[0], -1)),
-                                      bias=self._f32(self.bias), relu=self.act == 'relu',
-                                      prefix=self.prefix + 'fc_')
-        _initialize_missing(fc, ctx)
+        fc = SparseLookupDense(self._f32(self.lookup.reshape(self.lookup.shape[0], -1)),
+                               bias=self._f32(self.bias), relu=self.act == 'relu',
+                               prefix=self.prefix + 'fc_')
+        initialize_constants(fc, ctx)
         return CoveringConv(dictionary, fc, prefix=self.prefix)
-
-
-class CoveringConv(HybridBlock):
-    """A convolution whose kernel covers its whole unpadded input, run as a fully connected
-    layer: optional 1x1 ``dictionary`` conv, then ``fc`` on the flattened map, reshaped back to
-    (N, m, 1, 1). AlexNet's fc6 (6x6 kernel on a 6x6 map) is one; the sparse conv op is a poor
-    fit there (one output pixel per row), the sparse dense op is not.
-    """
-
-    def __init__(self, dictionary, fc, prefix=None):
-        super().__init__(prefix=prefix)
-        with self.name_scope():
-            self.dictionary = dictionary
-            self.fc = fc
-
-    def hybrid_forward(self, F, x):
-        if self.dictionary is not None:
-            x = self.dictionary(x)
-        return F.reshape(self.fc(x), shape=(0, 0, 1, 1))
-
-
-def _initialize_missing(block, ctx):
-    """Initialize parameters (the sparse blocks' constants) that have no data yet."""
-    for p in block.collect_params().values():
-        if p._data is None:
-            p.initialize(ctx=ctx)
 
 
 def fold_batchnorm_params(bn):
@@ -272,30 +250,6 @@ def _shell(block):
         new._active = False
         new._flags = []
     return new
-
-
-class LcnnMaxPool(HybridBlock):
-    """Max pooling (NCHW, floor mode) by the C++ op ``lcnn_max_pool`` (forward only).
-
-    MXNet 1.9's MKLDNN pools plain-NCHW data with oneDNN's reference ``simple_nchw`` kernel:
-    AlexNet's pool1 (1x64x55x55) takes 3.5 ms on one core there, 0.56 ms as a block of strided
-    slices and maxima, 0.13 ms with ``lcnn_max_pool`` (per-call overhead included). The sparse op
-    writes plain NCHW, so its pools hit that path; data in MKLDNN's blocked layout (after a dense
-    conv) is pooled fast, hence ``to_inference`` times both in context ('lcnn_pool' vs 'mkldnn'
-    in ``kernel_choices``).
-    """
-
-    def __init__(self, pool_size, strides, padding=(0, 0), prefix=None):
-        super().__init__(prefix=prefix)
-        self._kernel, self._strides, self._padding = (tuple(pool_size), tuple(strides),
-                                                      tuple(padding))
-
-    def hybrid_forward(self, F, x):
-        return F.lcnn_max_pool(x, kernel=self._kernel, stride=self._strides, pad=self._padding)
-
-    def __repr__(self):
-        return '%s(size=%s, stride=%s, padding=%s)' % (type(self).__name__, self._kernel,
-                                                       self._strides, self._padding)
 
 
 def _lcnn_pool(block):
@@ -384,14 +338,6 @@ class _Converter:
             i += 1
 
 
-def _replace(parent, key, new):
-    old = parent._children[key]
-    parent._children[key] = new
-    for attr, value in list(parent.__dict__.items()):
-        if value is old:
-            parent.__dict__[attr] = new
-
-
 def _input_shapes(net, slots, input_shape, ctx):
     """Input shape of the block in each (parent, key) slot, from one imperative forward pass."""
     shapes = {}
@@ -410,7 +356,6 @@ def _time_candidates(candidates, shape, ctx, repeat, warmup, before=()):
     The candidates run alternately, round by round, so a shared machine's changing load hits
     them alike; each gets at most ~1 s after 3 rounds, so big batches keep the search short.
     """
-    from .benchmark import time_blocks_interleaved
     chains = []
     for block in candidates:
         chain = nn.HybridSequential(prefix='timing_')
@@ -421,7 +366,7 @@ def _time_candidates(candidates, shape, ctx, repeat, warmup, before=()):
                                     max_seconds=len(chains) * 1.0)
     for chain in chains:
         chain.hybridize(False)  # drop the timing graphs; the caller hybridizes the whole net
-    return [float(np.median(t)) for t in times]
+    return medians(times)
 
 
 def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None, repeat=15,
@@ -508,7 +453,7 @@ def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None,
         conv.choices[layer.prefix] = dict([('choice', pick), ('input_shape', shape)] +
                                           [(name + '_s', t) for name, t in times.items()])
         if candidates[pick] is not current:
-            _replace(parent, key, candidates[pick])
+            replace_child(parent, key, candidates[pick])
     for parent, key, prev_key, alternative in conv.pending_pools:
         # In context: the previous layer's output layout decides which pool is faster.
         shape = shapes.get((id(parent), prev_key if prev_key is not None else key))
@@ -521,7 +466,7 @@ def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None,
         conv.choices[alternative.prefix] = {'choice': pick, 'input_shape': shape,
                                             'mkldnn_s': t_pool, 'lcnn_pool_s': t_lcnn}
         if pick == 'lcnn_pool':
-            _replace(parent, key, alternative)
+            replace_child(parent, key, alternative)
     if len(root._children) == 1 and conv.pending and root is conv.pending[0][0]:
         root = root._children['0']
     root.kernel_choices = conv.choices

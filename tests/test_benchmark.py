@@ -7,32 +7,8 @@ import json
 
 import mxnet as mx
 import pytest
-from mxnet.gluon import nn
 
 from gluon_lcnn import benchmark
-
-
-def test_time_call_is_a_median_of_positive_times():
-    calls = []
-    seconds = benchmark.time_call(lambda: calls.append(1), repeat=7, warmup=2)
-    assert len(calls) == 9 and seconds >= 0
-    with pytest.raises(ValueError, match='repeat'):
-        benchmark.time_call(lambda: None, repeat=0)
-
-
-def test_time_block_hybridizes_and_times():
-    block = nn.Dense(4, in_units=3)
-    block.initialize()
-    assert benchmark.time_block(block, mx.nd.ones((2, 3)), repeat=3, warmup=1) > 0
-    assert block._active
-
-
-def test_interleaved_timing_alternates_blocks():
-    a, b = nn.Dense(4, in_units=3), nn.Dense(5, in_units=3)
-    for block in (a, b):
-        block.initialize()
-    times = benchmark.time_blocks_interleaved([a, b], mx.nd.ones((2, 3)), repeat=4, warmup=1)
-    assert [len(t) for t in times] == [4, 4] and min(min(t) for t in times) > 0
 
 
 @pytest.mark.parametrize('in_size', [(9, 8), None])

@@ -17,7 +17,7 @@ from gluon_lcnn import deploy
 from gluon_lcnn.benchmark import randomize_batchnorm
 from gluon_lcnn.model_zoo import get_model, list_models, set_lookup_density
 from gluon_lcnn.nn import LookupConv2D, LookupDense
-from gluon_lcnn.nn.sparse import SparseLookupConv2D, SparseLookupDense
+from gluon_lcnn.nn.sparse import CoveringConv, LcnnMaxPool, SparseLookupConv2D, SparseLookupDense
 
 RTOL = 1e-4
 
@@ -257,7 +257,7 @@ def test_lcnn_max_pool_equal_max_pool(pool):
     size, stride, pad = pool
     ref_pool = nn.MaxPool2D(size, stride, pad)
     x = mx.nd.random.normal(shape=(2, 3, 13, 10))
-    fast = deploy.LcnnMaxPool(ref_pool._kwargs['kernel'], ref_pool._kwargs['stride'],
+    fast = LcnnMaxPool(ref_pool._kwargs['kernel'], ref_pool._kwargs['stride'],
                                 ref_pool._kwargs['pad'])
     np.testing.assert_array_equal(fast(x).asnumpy(), ref_pool(x).asnumpy())
     fast.hybridize()
@@ -274,12 +274,12 @@ def test_pools_dropout_and_a_single_layer_net():
     inf = deploy.to_inference(net, choose='sparse', fast_pool=True)
     kinds = [type(b) for b in inf._children.values()]
     # ceil-mode pools stay MaxPool2D; Dropout (identity at inference) is gone.
-    assert kinds == [SparseLookupConv2D, deploy.LcnnMaxPool, nn.MaxPool2D, nn.Dense]
+    assert kinds == [SparseLookupConv2D, LcnnMaxPool, nn.MaxPool2D, nn.Dense]
     assert rel_err(inf(x), ref) < RTOL
     inf = deploy.to_inference(net, input_shape=x.shape, repeat=2, warmup=1)
     pool = inf.kernel_choices[net[3].prefix]
     assert pool['choice'] in ('lcnn_pool', 'mkldnn') and pool['input_shape'] == (1, 3, 17, 16)
-    assert type(inf[1]) is (deploy.LcnnMaxPool if pool['choice'] == 'lcnn_pool' else nn.MaxPool2D)
+    assert type(inf[1]) is (LcnnMaxPool if pool['choice'] == 'lcnn_pool' else nn.MaxPool2D)
     assert rel_err(inf(x), ref) < RTOL
     # A lone lookup layer converts to a lone inference block.
     layer = net[0]
@@ -300,7 +300,7 @@ def test_covering_conv_runs_as_fully_connected():
     layer.fold_batchnorm(net[1])
     layer.act = 'relu'
     for block in (layer.build_sparse_fc(mx.cpu()), layer.build_dense_fc(mx.cpu())):
-        assert isinstance(block, deploy.CoveringConv)
+        assert isinstance(block, CoveringConv)
         assert block(x).shape == (2, 8, 1, 1) and rel_err(block(x), head(x)) < RTOL
         block.hybridize()
         assert rel_err(block(x), head(x)) < RTOL

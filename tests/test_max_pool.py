@@ -10,7 +10,7 @@ import pytest
 from mxnet.base import MXNetError
 
 import gluon_lcnn  # noqa: F401  (loads the operator library)
-from gluon_lcnn.deploy import LcnnMaxPool
+from gluon_lcnn.nn.sparse import LcnnMaxPool
 
 
 def reference(x, kernel, stride, pad):

@@ -22,7 +22,7 @@ root = os.path.dirname(here)
 sys.path.insert(0, os.path.join(root, 'train_scripts'))
 
 import gluon_lcnn  # noqa: E402
-from gluon_lcnn import benchmark, deploy, flops  # noqa: E402
+from gluon_lcnn import benchmark, deploy, flops, timing  # noqa: E402
 from gluon_lcnn.data import load_fashion_mnist  # noqa: E402
 from gluon_lcnn.training import load_checkpoint, parse_model_args  # noqa: E402
 from train_fashion_mnist import small_input_args  # noqa: E402
@@ -80,8 +80,8 @@ def main():
     dense = deploy.to_inference(twin, input_shape=shape, choose='dense')
     for batch in (1, 32):
         x = mx.nd.array(np.random.RandomState(0).randn(batch, *shape[1:]).astype('float32'))
-        t_dense = benchmark.time_block(dense, x, repeat=200)
-        t_lcnn = benchmark.time_block(fast, x, repeat=200)
+        t_dense, t_lcnn = timing.medians(timing.time_blocks_interleaved([dense, fast], x,
+                                                                        repeat=200))
         print('batch %2d: dense twin %.3f ms, LCNN %.3f ms -> measured %.2fx (MAC ratio %.1fx), '
               '%d threads' % (batch, t_dense * 1e3, t_lcnn * 1e3, t_dense / t_lcnn,
                               dense_macs / lcnn_profile.totals['macs'],

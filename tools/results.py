@@ -11,7 +11,8 @@ Three steps:
 2. load each final checkpoint and measure, in this process and with 1 thread: MACs of the trained
    net and of its dense twin (gluon_lcnn.flops.profile), lookup density (density_report) and the
    CPU latency of gluon_lcnn.deploy.to_inference(net) against the trained dense twin converted
-   the same way (gluon_lcnn.benchmark.time_block, interleaved rounds, best median);
+   the same way (gluon_lcnn.timing.time_blocks_interleaved: all nets of one batch size run
+   alternately; the best of ``--rounds`` medians counts);
 3. write the markdown table and the accuracy-vs-speed-up plot.
 
 Accuracy is top-1 on the full 10k Fashion-MNIST test set, as printed by the training script.
@@ -53,15 +54,11 @@ QUICK = dict(epochs=1, images=2000)    # --quick: a smoke run of the whole pipel
 INPUT = (1, 1, 28, 28)
 
 
-def run_name(model):
-    return model
-
-
 def train(exp, args):
     family, variant, model, model_args, epochs, images = exp
     if args.quick:
         epochs, images = QUICK['epochs'], QUICK['images']
-    save_dir = os.path.join(args.runs_dir, run_name(model))
+    save_dir = os.path.join(args.runs_dir, model)
     cmd = [sys.executable, TRAIN, '--model', model, '--num-epochs', str(epochs),
            '--train-limit', str(images), '--save-dir', save_dir, '--no-progress',
            '--seed', str(args.seed)]
@@ -98,7 +95,7 @@ def load_trained(exp, args):
     import gluon_lcnn
     from gluon_lcnn import training
     family, variant, model, model_args, _, _ = exp
-    save_dir = os.path.join(args.runs_dir, run_name(model))
+    save_dir = os.path.join(args.runs_dir, model)
     meta = training.load_checkpoint(save_dir)
     if meta is None:
         raise RuntimeError('no checkpoint in %s: run without --skip-training first' % save_dir)
@@ -127,6 +124,7 @@ def measure(args):
     import numpy as np
     from gluon_lcnn import benchmark, flops
     from gluon_lcnn.deploy import to_inference
+    from gluon_lcnn.timing import medians, time_blocks_interleaved
     from gluon_lcnn.nn import density_report
 
     rows, inference = [], {}
@@ -146,22 +144,25 @@ def measure(args):
             layer_density={k[len(net.prefix):] if k.startswith(net.prefix) else k: v
                            for k, v in density.items() if k != '__total__'},
             epochs=len(history), images=train_args['train_limit'] or 60000,
-            wall_seconds=_read_wall(os.path.join(args.runs_dir, run_name(model))),
+            wall_seconds=_read_wall(os.path.join(args.runs_dir, model)),
             workers=meta['workers'], epoch_time=float(np.mean([h['epoch_time']
                                                                for h in history])),
             l1_lambda=train_args['l1_lambda'], initial_sparsity=train_args['initial_sparsity']))
         for batch in args.batches:
             shape = (batch,) + INPUT[1:]
             inference[(model, batch)] = to_inference(net, input_shape=shape)
-    # Dense twin and LCNN net timed in alternating rounds; the best median of each counts, so
-    # a burst of load from other processes hurts both sides alike.
-    x = {b: mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (b,) + INPUT[1:])
-                        .astype('float32')) for b in args.batches}
+    # All nets of one batch size (dense twins and LCNN nets) run alternately, so a burst of
+    # load from other processes hurts every side alike; the best of the rounds' medians counts.
     best = {}
-    for _ in range(args.rounds):
-        for key, block in inference.items():
-            seconds = benchmark.time_block(block, x[key[1]], repeat=args.repeat, warmup=3)
-            best[key] = min(best.get(key, float('inf')), seconds)
+    for batch in args.batches:
+        x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (batch,) + INPUT[1:])
+                        .astype('float32'))
+        keys = [key for key in inference if key[1] == batch]
+        for _ in range(args.rounds):
+            times = time_blocks_interleaved([inference[key] for key in keys], x,
+                                            repeat=args.repeat, warmup=3)
+            for key, seconds in zip(keys, medians(times)):
+                best[key] = min(best.get(key, float('inf')), seconds)
     by_model = {r['model']: r for r in rows}
     for row in rows:
         twin = row['model'] if row['variant'] == 'dense' else \

@@ -15,6 +15,10 @@ Everything lives in constants (grad_req 'null'), so ``hybridize()``, ``export()`
 ``SymbolBlock.imports`` and the Module API work after ``import gluon_lcnn``. Inference only:
 the operators have no backward. With ``dictionary=None`` the input is S itself, which runs
 magnitude-pruned sparse CNNs (D = identity) through the same operator.
+
+The other inference blocks ``deploy.to_inference`` may leave in a graph live here too:
+``CoveringConv`` (a conv whose kernel covers its input, run as a fully connected layer) and
+``LcnnMaxPool`` (max pooling by the C++ op ``lcnn_max_pool``).
 """
 from collections import namedtuple
 
@@ -25,7 +29,8 @@ from mxnet.gluon import HybridBlock
 from .. import ops  # noqa: F401  (importing it loads the operator library)
 from .lookup import _pair
 
-__all__ = ['pack_lookup', 'PackedLookup', 'SparseLookupConv2D', 'SparseLookupDense']
+__all__ = ['pack_lookup', 'PackedLookup', 'SparseLookupConv2D', 'SparseLookupDense',
+           'CoveringConv', 'LcnnMaxPool', 'initialize_constants']
 
 PackedLookup = namedtuple('PackedLookup', ['indptr', 'dict_index', 'kernel_offset', 'value',
                                            'shape', 'nnz'])
@@ -304,3 +309,55 @@ class SparseLookupDense(_SparseLookupBase):
                          dict='' if self.has_dictionary else ' (identity)', dens=self.density,
                          relu=', relu' if self._relu else '')
 
+
+class CoveringConv(HybridBlock):
+    """A convolution whose kernel covers its whole unpadded input, run as a fully connected
+    layer: optional 1x1 ``dictionary`` conv, then ``fc`` on the flattened map, reshaped back to
+    (N, m, 1, 1). AlexNet's fc6 (6x6 kernel on a 6x6 map) is one; the sparse conv op is a poor
+    fit there (one output pixel per row), the sparse dense op is not.
+    """
+
+    def __init__(self, dictionary, fc, prefix=None):
+        super().__init__(prefix=prefix)
+        with self.name_scope():
+            self.dictionary = dictionary
+            self.fc = fc
+
+    def hybrid_forward(self, F, x):
+        if self.dictionary is not None:
+            x = self.dictionary(x)
+        return F.reshape(self.fc(x), shape=(0, 0, 1, 1))
+
+
+class LcnnMaxPool(HybridBlock):
+    """Max pooling (NCHW, floor mode) by the C++ op ``lcnn_max_pool`` (forward only).
+
+    MXNet 1.9's MKLDNN pools plain-NCHW data with oneDNN's reference ``simple_nchw`` kernel:
+    AlexNet's pool1 (1x64x55x55) takes 3.5 ms on one core there, 0.56 ms as a block of strided
+    slices and maxima, 0.13 ms with ``lcnn_max_pool`` (per-call overhead included). The sparse op
+    writes plain NCHW, so its pools hit that path; data in MKLDNN's blocked layout (after a dense
+    conv) is pooled fast, hence ``deploy.to_inference`` times both in context ('lcnn_pool' vs
+    'mkldnn' in ``kernel_choices``).
+    """
+
+    def __init__(self, pool_size, strides, padding=(0, 0), prefix=None):
+        super().__init__(prefix=prefix)
+        self._kernel, self._strides, self._padding = (tuple(pool_size), tuple(strides),
+                                                      tuple(padding))
+
+    def hybrid_forward(self, F, x):
+        return F.lcnn_max_pool(x, kernel=self._kernel, stride=self._strides, pad=self._padding)
+
+    def __repr__(self):
+        return '%s(size=%s, stride=%s, padding=%s)' % (type(self).__name__, self._kernel,
+                                                       self._strides, self._padding)
+
+
+def initialize_constants(block, ctx=None):
+    """Initialize the parameters of ``block`` that have no data yet (the sparse blocks'
+    constants), leaving initialized ones as they are; ``block.initialize()`` would warn about
+    those. Returns ``block``."""
+    for p in block.collect_params().values():
+        if p._data is None:
+            p.initialize(ctx=ctx)
+    return block
