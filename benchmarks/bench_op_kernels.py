@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gluon_lcnn  # noqa: E402,F401  (loads the operator library)
+from gluon_lcnn.flops import lookup_macs  # noqa: E402
 from gluon_lcnn.nn.sparse import pack_lookup  # noqa: E402
 from gluon_lcnn.timing import medians, time_call, time_calls_interleaved  # noqa: E402
 
@@ -91,18 +92,17 @@ def bench_layer(name, c, m, hw, k, s, p, d, density, batch, repeat, warmup, rng,
     ho, wo = out.shape[2:]
     t_dense, t_fused, t_dict, t_lookup = medians(time_calls_interleaved(
         [dense, fused_op, dict_conv, lookup_op], repeat=repeat, warmup=warmup))
-    pos = batch * ho * wo
-    dense_macs = m * c * k * k * pos
-    dict_macs = d * c * h * w * batch
-    lookup_macs = packed.nnz * pos
+    macs = lookup_macs(lookup.shape, packed.nnz, x.shape, out.shape)
+    dense_macs = macs['dense_macs']
+    lookup_stage_macs = packed.nnz * batch * ho * wo  # the useful work of the lookup op alone
     ratio = t_dense / t_fused
-    mac_ratio = dense_macs / float(dict_macs + lookup_macs)
+    mac_ratio = dense_macs / float(macs['macs'])
     return dict(layer=name, batch=batch, density=packed.nnz / float(lookup.size), nnz=packed.nnz,
                 dense_ms=1e3 * t_dense, lcnn_ms=1e3 * t_fused, dict_ms=1e3 * t_dict,
                 lookup_ms=1e3 * t_lookup, speedup_unfused=t_dense / (t_dict + t_lookup),
                 dense_gflops=2e-9 * dense_macs / t_dense,
-                lookup_gflops=2e-9 * lookup_macs / t_lookup,
-                kernel_gflops=2e-9 * lookup_macs / max(t_lookup - overhead, 1e-9),
+                lookup_gflops=2e-9 * lookup_stage_macs / t_lookup,
+                kernel_gflops=2e-9 * lookup_stage_macs / max(t_lookup - overhead, 1e-9),
                 speedup=ratio, mac_ratio=mac_ratio, efficiency=ratio / mac_ratio)
 
 

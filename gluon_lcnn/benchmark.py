@@ -56,9 +56,9 @@ def compare_layer(in_channels, channels, kernel, dictionary_size, density, in_si
     ``lcnn_ms`` (dictionary + sparse op with bias), ``fc_form_ms`` (for a conv whose kernel
     covers its input: dictionary + sparse dense op, ``nn.sparse.CoveringConv``; else None),
     ``lookup_ms`` (the faster sparse op alone on the dictionary output), ``mac_ratio`` (dense
-    MACs / LCNN MACs), ``speedup`` (median of per-round ratios of dense to the faster LCNN
-    form, all run alternately) and ``lookup_gflops`` (2 * nnz * output positions / lookup
-    time: useful work only).
+    MACs / LCNN MACs, by ``flops.lookup_macs``), ``speedup`` (median of per-round ratios of
+    dense to the faster LCNN form, all run alternately) and ``lookup_gflops`` (2 * nnz * output
+    positions / lookup time: useful work only).
     """
     ctx = ctx or mx.cpu()
     rng = np.random.RandomState(seed)
@@ -113,8 +113,8 @@ def compare_layer(in_channels, channels, kernel, dictionary_size, density, in_si
     speedup = float(np.median(dense_t / np.array(times[1 + best])))
     lookup_s = min(medians(time_blocks_interleaved(stages, s, **kw_t)))
     nnz = int(np.count_nonzero(lookup))
-    dense_macs = channels * in_channels * kh * kw * ho * wo
-    lcnn_macs = dictionary_size * in_channels * h * w + nnz * ho * wo
+    macs = flops.lookup_macs(lookup.shape, nnz, (1,) + x_shape[1:],
+                             (1, channels, ho, wo) if conv else (1, channels))
     return OrderedDict([
         ('in_channels', in_channels), ('channels', channels), ('kernel', '%dx%d' % (kh, kw)),
         ('stride', sh), ('in_size', '%dx%d' % (h, w) if conv else 'fc'), ('out_size',
@@ -123,7 +123,7 @@ def compare_layer(in_channels, channels, kernel, dictionary_size, density, in_si
         ('dense_ms', dense_s * 1e3), ('lcnn_ms', lcnn_s * 1e3),
         ('fc_form_ms', forms[1] * 1e3 if len(forms) > 1 else None),
         ('lookup_ms', lookup_s * 1e3),
-        ('mac_ratio', dense_macs / float(lcnn_macs)), ('speedup', speedup),
+        ('mac_ratio', macs['dense_macs'] / float(macs['macs'])), ('speedup', speedup),
         ('lookup_gflops', 2.0 * nnz * ho * wo * batch / lookup_s / 1e9),
     ])
 

@@ -5,17 +5,21 @@ to learn every layer's input and output shape, then counts:
 
 - ``nn.Conv2D``: m * (c / groups) * kh * kw * H' * W' per image; ``nn.Dense``: units * in_units
   per row;
-- ``LookupConv2D``: the dictionary d * c * H * W (a 1x1 conv over the input pixels any window
-  reads: all of them unless the stride exceeds the kernel, as in a 1x1/s2 shortcut) plus
-  nnz(P) * H' * W' (one multiply-add per surviving lookup entry and output pixel);
-  ``LookupDense``: d * in_units + nnz(P). nnz is taken *now*, after the threshold, so the count
-  follows training or ``model_zoo.set_lookup_density``. The dense-equivalent count of a lookup
-  layer is that of a Conv2D/Dense with the same geometry.
-- Blocks that describe themselves (the sparse inference blocks of ``gluon_lcnn.nn.sparse`` or
-  anything else): see ``_describe`` — a block may define ``lcnn_macs(input_shape,
-  output_shape) -> dict`` (keys kind, dense_macs, macs, nnz, density) or expose ``nnz`` (int
-  or method) and ``dictionary_size``; convolutions also ``kernel_size``, ``strides`` and
-  ``padding`` (pairs), dense ones optionally ``flatten``. Channels come from the shapes.
+- lookup layers, training form (``LookupConv2D`` / ``LookupDense``) and inference form (the
+  ``SparseLookupConv2D`` / ``SparseLookupDense`` blocks ``deploy.to_inference`` builds) alike,
+  by the one formula ``lookup_macs``: what the inference op computes, S = D x (d * c MACs per
+  input pixel, every one of the H * W pixels: ``lcnn_sparse_conv`` applies the dictionary to
+  all of them, also where a stride larger than the kernel skips some, as in a 1x1/s2 shortcut)
+  plus nnz(P) per output pixel (H' * W'); dense layers d * in_units + nnz(P) per row. nnz is
+  taken *now*, after the threshold, so the count follows training or
+  ``model_zoo.set_lookup_density``. The dense-equivalent count of a lookup layer is that of a
+  Conv2D/Dense with the same geometry.
+- Other blocks may describe themselves (see ``_describe``): define ``lcnn_macs(input_shape,
+  output_shape) -> dict`` (keys kind, dense_macs, macs, nnz, density), or expose ``nnz`` (int
+  or method) and ``dictionary_size``, optionally ``has_dictionary`` (False: the input already
+  is S, no dictionary MACs), convolutions also ``kernel_size``, dense ones optionally
+  ``flatten``: then they are counted by ``lookup_macs`` as the sparse blocks are. Channels come
+  from the shapes.
 
 BatchNorm, activations, pooling, dropout, flatten and other elementwise work are ignored: they
 cost O(activations), a few percent of a conv layer's MACs. Counts cover the whole input shape
@@ -31,7 +35,7 @@ from mxnet.gluon import nn
 
 from .nn.lookup import LookupConv2D, LookupDense
 
-__all__ = ['profile', 'Profile', 'add_arguments', 'run']
+__all__ = ['profile', 'Profile', 'lookup_macs', 'add_arguments', 'run']
 
 
 def _value(attr):
@@ -46,30 +50,55 @@ def _params(block):
     return total
 
 
+def lookup_macs(lookup_shape, nnz, in_shape, out_shape, dictionary=True, flatten=True):
+    """MACs of one lookup layer: dict(dense_macs, macs, nnz, density). The only LCNN formula.
+
+    lookup_shape : P's shape, (m, d, kh, kw) for a convolution or (units, d) for a dense layer.
+    nnz : surviving (non-zero) lookup entries.
+    in_shape, out_shape : the layer's input and output shapes, batch included: (N, c, H, W) ->
+        (N, m, H', W') for a convolution.
+    dictionary : False when the input already is S (an identity dictionary): no S = D x MACs.
+    flatten : dense layers only, as ``nn.Dense``: True maps N flattened rows, False every
+        leading index of the input.
+
+    Convolution: d * c * N * H * W for S = D x (over every input pixel, as the inference op
+    computes it) + nnz * N * H' * W'; dense equivalent m * c * kh * kw * N * H' * W'. Dense layer:
+    (d * in_units + nnz) per row against units * in_units.
+    """
+    lookup_shape = tuple(int(v) for v in lookup_shape)
+    m, d = lookup_shape[:2]
+    nnz = int(nnz)
+    density = nnz / float(np.prod(lookup_shape))
+    if len(lookup_shape) == 4:
+        n, c, h, w = (int(v) for v in in_shape)
+        kh, kw = lookup_shape[2:]
+        positions = _positions(out_shape)
+        dict_macs = d * c * n * h * w if dictionary else 0
+        return dict(dense_macs=m * c * kh * kw * positions, macs=dict_macs + nnz * positions,
+                    nnz=nnz, density=density)
+    if len(lookup_shape) != 2:
+        raise ValueError('lookup_macs: lookup_shape must be (m, d, kh, kw) or (units, d), got %s'
+                         % (lookup_shape,))
+    in_units = int(np.prod(in_shape[1:])) if flatten else int(in_shape[-1])
+    rows = _dense_rows(in_shape, out_shape, flatten)
+    dict_macs = d * in_units if dictionary else 0
+    return dict(dense_macs=m * in_units * rows, macs=(dict_macs + nnz) * rows, nnz=nnz,
+                density=density)
+
+
 def _positions(shape):
     """Output positions of a conv output (N, C, H, W): N * H * W."""
     return int(shape[0]) * int(np.prod(shape[2:]))
 
 
-def _read_extent(size, out, kernel, stride, pad):
-    """Input rows (or columns) any kernel window touches: the dictionary is needed only there."""
-    used = np.zeros(size, dtype=bool)
-    for y in range(out):
-        lo = y * stride - pad
-        used[max(lo, 0):max(min(lo + kernel, size), 0)] = True
-    return int(used.sum())
-
-
-def _dictionary_pixels(block, in_shape, out_shape):
-    """N * (input pixels the lookup conv reads): H * W unless the stride skips pixels."""
-    (kh, kw), (sh, sw), (ph, pw) = block.kernel_size, block.strides, block.padding
-    return int(in_shape[0]) * (_read_extent(in_shape[2], out_shape[2], kh, sh, ph) *
-                               _read_extent(in_shape[3], out_shape[3], kw, sw, pw))
-
-
-def _dense_rows(block, in_shape, out_shape, flatten):
+def _dense_rows(in_shape, out_shape, flatten):
     # Rows the fully connected map runs over: the batch when flattening, else every leading index.
     return int(in_shape[0]) if flatten else int(np.prod(out_shape[:-1]))
+
+
+def _nnz(layer):
+    """Surviving lookup entries of a training-form lookup layer, after the threshold."""
+    return int((mx.nd.abs(layer.lookup.data()) > layer.threshold).sum().asscalar())
 
 
 def _describe(block, in_shape, out_shape):
@@ -80,20 +109,11 @@ def _describe(block, in_shape, out_shape):
         info.setdefault('density', None)
         return info
     if isinstance(block, LookupConv2D):
-        m, d, kh, kw = block.lookup.shape
-        c = in_shape[1]
-        nnz = int((mx.nd.abs(block.lookup.data()) > block.threshold).sum().asscalar())
-        pos = _positions(out_shape)
-        dict_macs = d * c * _dictionary_pixels(block, in_shape, out_shape)
-        return dict(kind='lookup_conv', dense_macs=m * c * kh * kw * pos,
-                    macs=dict_macs + nnz * pos, nnz=nnz, density=nnz / float(m * d * kh * kw))
+        return dict(lookup_macs(block.lookup.shape, _nnz(block), in_shape, out_shape),
+                    kind='lookup_conv')
     if isinstance(block, LookupDense):
-        units, d = block.lookup.shape
-        in_units = block.dictionary.shape[1]
-        rows = _dense_rows(block, in_shape, out_shape, block.flatten)
-        nnz = int((mx.nd.abs(block.lookup.data()) > block.threshold).sum().asscalar())
-        return dict(kind='lookup_dense', dense_macs=units * in_units * rows,
-                    macs=(d * in_units + nnz) * rows, nnz=nnz, density=nnz / float(units * d))
+        return dict(lookup_macs(block.lookup.shape, _nnz(block), in_shape, out_shape,
+                                flatten=block.flatten), kind='lookup_dense')
     if isinstance(block, nn.Conv2D) and not isinstance(block, nn.Conv2DTranspose):
         kw = block._kwargs
         m, c, groups = kw['num_filter'], in_shape[1], kw['num_group']
@@ -103,26 +123,19 @@ def _describe(block, in_shape, out_shape):
     if isinstance(block, nn.Dense):
         flatten = block._flatten
         in_units = int(np.prod(in_shape[1:])) if flatten else int(in_shape[-1])
-        macs = block._units * in_units * _dense_rows(block, in_shape, out_shape, flatten)
+        macs = block._units * in_units * _dense_rows(in_shape, out_shape, flatten)
         return dict(kind='dense', dense_macs=macs, macs=macs, nnz=None, density=None)
-    # Duck typing for sparse inference blocks written elsewhere (gluon_lcnn.nn.sparse).
+    # Duck typing: the sparse inference blocks of gluon_lcnn.nn.sparse, or any like them.
     if hasattr(block, 'nnz') and hasattr(block, 'dictionary_size'):
-        nnz = int(_value(block.nnz))
         d = int(_value(block.dictionary_size))
+        dictionary = bool(_value(getattr(block, 'has_dictionary', True)))
         if hasattr(block, 'kernel_size'):
             kh, kw = _value(block.kernel_size)
-            m, c = int(out_shape[1]), int(in_shape[1])
-            pos = _positions(out_shape)
-            dict_macs = d * c * _dictionary_pixels(block, in_shape, out_shape)
-            return dict(kind='sparse_conv', dense_macs=m * c * kh * kw * pos,
-                        macs=dict_macs + nnz * pos, nnz=nnz,
-                        density=nnz / float(m * d * kh * kw))
-        units = int(out_shape[-1])
+            return dict(lookup_macs((out_shape[1], d, kh, kw), _value(block.nnz), in_shape,
+                                    out_shape, dictionary=dictionary), kind='sparse_conv')
         flatten = bool(getattr(block, 'flatten', True))
-        in_units = int(np.prod(in_shape[1:])) if flatten else int(in_shape[-1])
-        rows = _dense_rows(block, in_shape, out_shape, flatten)
-        return dict(kind='sparse_dense', dense_macs=units * in_units * rows,
-                    macs=(d * in_units + nnz) * rows, nnz=nnz, density=nnz / float(units * d))
+        return dict(lookup_macs((out_shape[-1], d), _value(block.nnz), in_shape, out_shape,
+                                dictionary=dictionary, flatten=flatten), kind='sparse_dense')
     return None
 
 

@@ -63,13 +63,50 @@ def test_lookup_conv_count_by_hand():
     assert row['params'] == 4 * 5 + 8 * 4 * 9 + 8
 
 
-def test_strided_1x1_lookup_reads_only_strided_pixels():
+def test_strided_1x1_lookup_counts_the_dictionary_on_every_pixel():
     layer = _lookup_conv(6, 1, 2, 0, d=3, c=4, nnz=5)
     (row,) = flops.profile(layer, (2, 4, 9, 9)).rows
     assert row['output_shape'] == (2, 6, 5, 5)
-    # Batch 2; the 1x1/s2 window touches only 5x5 of the 9x9 pixels.
-    assert row['macs'] == 2 * (3 * 4 * 25 + 5 * 25)
+    # Batch 2; the 1x1/s2 window reads only 5x5 of the 9x9 pixels, but S = D x is computed on
+    # all 9x9 of them (by the factored training form and by lcnn_sparse_conv alike).
+    assert row['macs'] == 2 * (3 * 4 * 81 + 5 * 25)
     assert row['dense_macs'] == 2 * 6 * 4 * 25
+
+
+@pytest.mark.parametrize('kernel,strides,padding,in_hw', [
+    (1, 2, 0, (9, 9)),     # a ResNet downsample shortcut: the stride skips pixels
+    (3, 2, 1, (9, 8)),
+    (3, 1, 1, (7, 7)),
+    ((1, 3), (2, 1), (0, 1), (8, 7)),
+    (2, 3, 0, (9, 10)),    # 2x2/s3: the windows skip every third row and column
+    (3, 2, 0, (8, 8)),     # the last row and column lie outside every window
+])
+def test_training_and_inference_forms_count_alike(kernel, strides, padding, in_hw):
+    from gluon_lcnn.deploy import to_inference
+    from gluon_lcnn.nn import SparseLookupConv2D
+    layer = _lookup_conv(6, kernel, strides, padding, d=3, c=4, nnz=13)
+    shape = (2, 4) + in_hw
+    trained = flops.profile(layer, shape).rows
+    inference = to_inference(layer, choose='sparse')
+    assert isinstance(inference, SparseLookupConv2D)
+    deployed = flops.profile(inference, shape).rows
+    assert len(trained) == len(deployed) == 1
+    for key in ('output_shape', 'dense_macs', 'macs', 'nnz', 'density'):
+        assert trained[0][key] == deployed[0][key], key
+    # The one formula, by hand: S = D x on all N*H*W pixels + one MAC per nnz and output pixel.
+    n, c, h, w = shape
+    positions = n * int(np.prod(trained[0]['output_shape'][2:]))
+    assert trained[0]['macs'] == 3 * c * n * h * w + 13 * positions
+
+
+def test_lookup_dense_training_and_inference_forms_count_alike():
+    from gluon_lcnn.deploy import to_inference
+    layer = LookupDense(7, dictionary_size=3, in_units=10)
+    layer.initialize()
+    trained = flops.profile(layer, (2, 10)).rows
+    deployed = flops.profile(to_inference(layer, choose='sparse'), (2, 10)).rows
+    for key in ('dense_macs', 'macs', 'nnz', 'density'):
+        assert trained[0][key] == deployed[0][key], key
 
 
 def test_lookup_dense_and_totals():

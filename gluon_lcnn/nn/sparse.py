@@ -19,6 +19,10 @@ magnitude-pruned sparse CNNs (D = identity) through the same operator.
 The other inference blocks ``deploy.to_inference`` may leave in a graph live here too:
 ``CoveringConv`` (a conv whose kernel covers its input, run as a fully connected layer) and
 ``LcnnMaxPool`` (max pooling by the C++ op ``lcnn_max_pool``).
+
+``gluon_lcnn.flops`` counts the sparse blocks from what they expose (``nnz``, ``dictionary_size``,
+``has_dictionary``, ``kernel_size``, ``flatten``) with ``flops.lookup_macs``, the formula it uses
+for the training layers too.
 """
 from collections import namedtuple
 
@@ -206,16 +210,6 @@ class SparseLookupConv2D(_SparseLookupBase):
     in_channels = property(lambda self: self._in_channels)
     relu = property(lambda self: self._relu)
 
-    def lcnn_macs(self, in_shape, out_shape):
-        """MACs for gluon_lcnn.flops: the 1x1 dictionary over every input pixel (none when it
-        is the identity) plus nnz per output pixel, against m * c * kh * kw per output pixel."""
-        n, c, h, w = (int(v) for v in in_shape)
-        pos = n * int(out_shape[2]) * int(out_shape[3])
-        dict_macs = self.dictionary_size * c * n * h * w if self.has_dictionary else 0
-        kh, kw = self._kernel
-        return dict(kind='sparse_conv', dense_macs=self.channels * c * kh * kw * pos,
-                    macs=dict_macs + self._nnz * pos, nnz=self._nnz, density=self.density)
-
     def hybrid_forward(self, F, x, indptr, dict_index, kernel_offset, value, dictionary=None,
                        bias=None):
         d = self.dictionary_size
@@ -279,13 +273,6 @@ class SparseLookupDense(_SparseLookupBase):
     in_units = property(lambda self: self._in_units)
     relu = property(lambda self: self._relu)
     flatten = property(lambda self: self._flatten)
-
-    def lcnn_macs(self, in_shape, out_shape):
-        """MACs for gluon_lcnn.flops: dictionary d * in_units + nnz per row vs units * in_units."""
-        rows = int(in_shape[0]) if self._flatten else int(np.prod(out_shape[:-1]))
-        dict_macs = self.dictionary_size * self._in_units if self.has_dictionary else 0
-        return dict(kind='sparse_dense', dense_macs=self.units * self._in_units * rows,
-                    macs=(dict_macs + self._nnz) * rows, nnz=self._nnz, density=self.density)
 
     def hybrid_forward(self, F, x, indptr, dict_index, value, dictionary=None, bias=None):
         d = self.dictionary_size
