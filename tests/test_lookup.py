@@ -181,6 +181,8 @@ _FORM_CASES = [
                   dictionary_size=3), (3, 4, 6, 5)),
     ('conv', dict(channels=3, kernel_size=1, strides=2, dictionary_size=6, activation='relu',
                   use_bias=False), (2, 4, 5, 5)),
+    # One window covers the whole input (AlexNet's fc6): runs as FullyConnected.
+    ('conv', dict(channels=7, kernel_size=(3, 2), dictionary_size=5), (3, 4, 3, 2)),
     ('dense', dict(units=5, dictionary_size=3, activation='tanh'), (4, 2, 3, 2)),
     ('dense', dict(units=4, dictionary_size=6, flatten=False), (2, 3, 7)),
 ]

@@ -21,6 +21,7 @@ from the input shape the layer last saw in an imperative call, and the batch siz
 only, i.e. assumes N*H*W large. No form changes the parameters, so either runs any checkpoint.
 """
 import math
+import weakref
 from collections import OrderedDict
 
 import mxnet as mx
@@ -262,22 +263,40 @@ class LookupConv2D(_LookupLayer):
         return dict(factored=batch * (d * c * h * w + m * d * kh * kw * out_h * out_w),
                     composed=m * d * kh * kw * c + batch * m * c * kh * kw * out_h * out_w)
 
+    def _window_covers_input(self):
+        """True when the last input is exactly one unpadded window (AlexNet's and VGG's fc6).
+
+        The convolution is then a matrix product, which runs far faster as FullyConnected
+        than as a convolution (MKLDNN's backward of a 6x6 kernel over a 6x6 map is slow).
+        """
+        shape = self._seen_shape
+        return (shape is not None and self._padding == (0, 0)
+                and tuple(shape[2:]) == self._kernel)
+
+    def _apply(self, F, data, weight, bias, name):
+        """Convolution of ``data`` with ``weight`` (m, channels, kh, kw) and this geometry."""
+        m = self._out_features
+        if self._window_covers_input():
+            out = F.FullyConnected(data, F.reshape(weight, shape=(m, -1)), bias, num_hidden=m,
+                                   no_bias=bias is None, flatten=True, name=name)
+            return F.reshape(out, shape=(0, 0, 1, 1))
+        return F.Convolution(data, weight, bias, kernel=self._kernel, stride=self._strides,
+                             pad=self._padding, num_filter=m, no_bias=bias is None, name=name)
+
     def hybrid_forward(self, F, x, dictionary, lookup, bias=None):
         p = self._masked_lookup(F, lookup)
-        conv = dict(kernel=self._kernel, stride=self._strides, pad=self._padding,
-                    num_filter=self._out_features, no_bias=bias is None)
         if self._graph_form() == 'composed':
             m, d = self._out_features, self._dictionary_size
             kh, kw = self._kernel
             rows = F.dot(F.reshape(F.transpose(p, axes=(0, 2, 3, 1)), shape=(-1, d)),
                          F.reshape(dictionary, shape=(d, -1)))
             weight = F.transpose(F.reshape(rows, shape=(m, kh, kw, -1)), axes=(0, 3, 1, 2))
-            out = F.Convolution(x, weight, bias, name='composed', **conv)
+            out = self._apply(F, x, weight, bias, 'composed')
         else:
             s = F.Convolution(x, dictionary, kernel=(1, 1), num_filter=self._dictionary_size,
                               no_bias=True, name='dict')
             # D has no bias, so padding S equals padding x.
-            out = F.Convolution(s, p, bias, name='lookup', **conv)
+            out = self._apply(F, s, p, bias, 'lookup')
         return self._activate(F, out)
 
     def effective_weight(self):
@@ -405,22 +424,39 @@ def l1_penalty(net, ctx=None):
     Add it to the per-sample loss before ``backward`` (``loss = loss_fn(out, y) +
     l1_penalty(net)``): it then reaches P's gradient once per sample, and ``trainer.step(batch)``
     turns that into a pull of ``l1_lambda * threshold * sign(P)`` per step on every surviving
-    entry, whatever the batch size (with gradient accumulation too). Pure NDArray ops: no host
-    synchronisation, and Horovod's gradient averaging leaves the (identical) pull unchanged.
+    entry, whatever the batch size (with gradient accumulation too). It runs as one cached graph
+    with static memory (no host synchronisation, no per-step allocation of P-sized temporaries),
+    and Horovod's gradient averaging leaves the pull, identical on every worker, unchanged.
     Returns an NDArray of shape (1,), zero when no layer has an L1 pull.
     """
-    terms = []
-    for layer in lookup_layers(net).values():
-        if not layer.l1_lambda:
-            continue
-        lookup = layer.lookup.data(ctx)
-        if lookup.dtype == np.float16:     # a float16 sum over millions of entries overflows
-            lookup = lookup.astype('float32')
-        size = mx.nd.abs(lookup)
-        terms.append((size * (size > layer.threshold)).sum() * (layer.l1_lambda * layer.threshold))
-    if not terms:
+    layers = [layer for layer in lookup_layers(net).values() if layer.l1_lambda]
+    if not layers:
         return mx.nd.zeros((1,), ctx=ctx or mx.current_context())
-    return mx.nd.add_n(*terms) if len(terms) > 1 else terms[0]
+    lookups = [layer.lookup.data(ctx) for layer in layers]
+    key = tuple((layer.name, layer.l1_lambda, layer.threshold, str(p.dtype), p.shape)
+                for layer, p in zip(layers, lookups)) + (str(lookups[0].context),)
+    cached = _PENALTY_GRAPHS.get(net)
+    if cached is None or cached[0] != key:
+        terms = []
+        for i, (layer, lookup) in enumerate(zip(layers, lookups)):
+            p = mx.sym.var('lookup%d' % i)
+            if lookup.dtype == np.float16:   # a float16 sum over millions of entries overflows
+                p = mx.sym.cast(p, dtype='float32')
+            # |P_eff| summed as P . sign-mask: a matrix product is far faster than sum(abs())
+            # on CPU, and the blocked sign-mask makes the gradient exactly sign(P) * mask.
+            t = layer.threshold
+            sign_mask = mx.sym.BlockGrad((p > t) - (p < -t))
+            terms.append(mx.sym.dot(mx.sym.reshape(p, shape=(1, -1)),
+                                    mx.sym.reshape(sign_mask, shape=(-1, 1))).reshape((1,))
+                         * (layer.l1_lambda * t))
+        graph = mx.sym.add_n(*terms) if len(terms) > 1 else terms[0]
+        cached = (key, mx.nd.CachedOp(graph, flags=[('static_alloc', True),
+                                                     ('static_shape', True)]))
+        _PENALTY_GRAPHS[net] = cached
+    return cached[1](*lookups)
+
+
+_PENALTY_GRAPHS = weakref.WeakKeyDictionary()   # net -> (layers' key, CachedOp)
 
 
 def density_report(net):
