@@ -101,6 +101,10 @@ def parse_args(argv=None, defaults=None):
         p.error('--grad-accumulation must be >= 1')
     if args.test_only and not args.params:
         p.error('--test-only needs --params FILE')
+    if args.keep_checkpoints < 1:
+        # 0 would delete the checkpoint just written (and a negative count, all of them).
+        p.error('--keep-checkpoints must be >= 1 (2 or more keep an earlier epoch to fall '
+                'back to if the newest is corrupt), got %d' % args.keep_checkpoints)
     args.lr_decay_epochs = [float(e) for e in args.lr_decay_epochs.split(',') if e.strip()]
     return args
 
@@ -170,21 +174,26 @@ def main(argv=None, defaults=None):
     mx.random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
 
-    if args.params and args.initial_sparsity is None:
-        # The lookup threshold is not stored with the parameters; take it from the training
-        # run's checkpoint.json when the file sits in its save directory.
-        meta_path = os.path.join(os.path.dirname(os.path.abspath(args.params)),
-                                 training.CHECKPOINT_FILE)
-        if os.path.isfile(meta_path):
-            with open(meta_path) as f:
-                args.initial_sparsity = json.load(f).get('args', {}).get('initial_sparsity')
+    if args.params:
+        # A file in a training run's save directory must still match the SHA-256 its
+        # checkpoint.json recorded. The lookup threshold is not stored with the parameters
+        # either: it comes from the same checkpoint.json.
+        try:
+            meta = training.verify_params(args.params)
+        except training.CheckpointError as err:
+            raise SystemExit('error: --params: %s' % err) from None
+        if meta is not None and args.initial_sparsity is None:
+            args.initial_sparsity = meta.get('args', {}).get('initial_sparsity')
     net = build_net(args)
     net.initialize(mx.init.Xavier(rnd_type='gaussian', factor_type='in', magnitude=2), ctx=ctx)
     # One forward pass settles every deferred shape (lookup dictionaries, dense inputs), so all
     # parameters exist before they are loaded, broadcast or counted.
     net(mx.nd.zeros((1,) + args.data_shape, ctx=ctx))
     if args.params:
-        net.load_parameters(args.params, ctx=ctx)
+        try:
+            training.load_params_file(net, args.params, ctx=ctx)
+        except training.CheckpointError as err:
+            raise SystemExit('error: --params: %s' % err) from None
     if args.benchmark:
         from gluon_lcnn import flops
         result = flops.profile(net, (1,) + args.data_shape)
@@ -233,13 +242,21 @@ def main(argv=None, defaults=None):
 
     start_epoch, history = 0, []
     if args.resume:
-        meta = training.load_checkpoint(args.save_dir)
+        # Every worker reads the checkpoint (a shared file system, as for the data) and checks
+        # its files against the SHA-256 sums in checkpoint.json; a corrupt newest epoch is
+        # skipped for the newest intact one kept (--keep-checkpoints >= 2).
+        try:
+            meta = training.load_checkpoint(args.save_dir)
+            if meta is not None:
+                for problem in meta['skipped']:
+                    log('warning: --resume: skipping %s' % problem)
+                training.load_params_file(net, meta['params'], ctx=ctx)
+                training.load_states_file(trainer, meta['states'])
+        except training.CheckpointError as err:
+            raise SystemExit('error: --resume: %s' % err) from None
         if meta is None:
             log('--resume: no checkpoint in %s, starting from scratch' % args.save_dir)
         else:
-            # Every worker reads the checkpoint (a shared file system, as for the data).
-            net.load_parameters(meta['params'], ctx=ctx)
-            trainer.load_states(meta['states'])
             start_epoch, history = meta['epoch'], meta.get('history', [])
             log('resuming from %s: continuing at epoch %d' % (meta['params'], start_epoch + 1))
     training.broadcast_parameters(net, hvd, root_rank=0)
