@@ -84,6 +84,16 @@ def test_bad_attributes_and_shapes_raise(attrs, shape, message):
         mx.nd.lcnn_max_pool(x, **attrs).wait_to_read()
 
 
+def test_zero_width_with_padding_is_refused():
+    # Every window would hold padding only and have no maximum (it used to give -inf); MXNet's
+    # Pooling refuses this too. A zero height used to crash: tests/test_op_faults.py runs that
+    # in a child process. Zero sizes need numpy shape semantics.
+    with mx.util.np_shape(True):
+        x = mx.nd.zeros((1, 2, 4, 0))
+        with pytest.raises(MXNetError, match=r'data has zero width \(shape \(1, 2, 4, 0\)\)'):
+            mx.nd.lcnn_max_pool(x, kernel=(2, 2), pad=(1, 1)).wait_to_read()
+
+
 def test_non_float32_data_is_refused():
     x = mx.nd.zeros((1, 1, 5, 5), dtype='float64')
     with pytest.raises(MXNetError, match="input 'data' must be float32, got float64"):

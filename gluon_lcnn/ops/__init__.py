@@ -21,7 +21,14 @@ relu=False, no_bias=False)``
     plain-NCHW output of lcnn_sparse_conv, which MKLDNN's pooling handles slowly.
 
 Malformed inputs (bad indices, inconsistent indptr, wrong shapes or attributes) raise an
-MXNetError naming the problem. There is no backward: train with gluon_lcnn.nn.LookupConv2D.
+MXNetError naming the problem; attribute strings follow the grammar of MXNet's own operator
+parameters ("3", "(3, 3)", "[3,3]"; not "3 3" or "(3,,3)"). So does ``out=`` naming an input or a
+view of one. Empty inputs need numpy shape semantics (``mx.util.set_np_shape(True)``; MXNet's
+default reads a 0 in a shape as unknown, and the ops refuse unknown dimensions). An empty batch
+(for lcnn_max_pool also channels) gives an empty result; lcnn_max_pool refuses an empty height or
+width (windows of padding only); lcnn_sparse_conv computes an empty height, width or fused input
+channel axis as a zero-padded convolution does: the bias. The fused ``relu=True`` is MXNet's
+relu on every path: NaN stays NaN. There is no backward: train with gluon_lcnn.nn.LookupConv2D.
 
 Set ``GLUON_LCNN_OPS_LIB=/path/to/liblcnn_ops.so`` to load a prebuilt library instead (no build).
 """

@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LIB_PATH = os.path.join(HERE, 'liblcnn_ops.so')
 STAMP_PATH = LIB_PATH + '.stamp'
 SOURCES = ('lib.cc', 'common.cc', 'sparse_conv.cc', 'sparse_dense.cc', 'max_pool.cc')
-HEADERS = ('common.h',)
+HEADERS = ('common.h', 'vec.h')
 BASE_FLAGS = ['-O3', '-std=gnu++17', '-fPIC', '-shared', '-fopenmp', '-ffp-contract=fast',
               '-fno-math-errno', '-Wall']
 

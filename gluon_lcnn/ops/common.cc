@@ -4,29 +4,80 @@
 #include <cctype>
 #include <cstdlib>
 #include <sstream>
+#include <type_traits>
 
 namespace lcnn {
 
-bool parse_int_list(const std::string& text, std::vector<int64_t>* out) {
-  out->clear();
-  size_t i = 0;
-  const size_t n = text.size();
-  while (i < n) {
-    const char c = text[i];
-    if (c == '(' || c == ')' || c == '[' || c == ']' || c == ',' || c == 'L' ||
-        std::isspace(static_cast<unsigned char>(c))) {
-      ++i;
-      continue;
-    }
-    if (c != '-' && c != '+' && !std::isdigit(static_cast<unsigned char>(c))) return false;
-    const char* begin = text.c_str() + i;
-    char* end = nullptr;
-    const long long v = std::strtoll(begin, &end, 10);
-    if (end == begin) return false;
-    out->push_back(static_cast<int64_t>(v));
-    i += static_cast<size_t>(end - begin);
+static bool is_space(char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; }
+static bool is_digit(char c) { return std::isdigit(static_cast<unsigned char>(c)) != 0; }
+
+static void skip_space(const std::string& s, size_t* i) {
+  while (*i < s.size() && is_space(s[*i])) ++*i;
+}
+
+// One decimal integer from s[*i]: white space, an optional sign, at least one digit; false
+// (nothing consumed) on anything else or when it does not fit int64_t.
+static bool read_int(const std::string& s, size_t* i, int64_t* out) {
+  size_t k = *i;
+  skip_space(s, &k);
+  bool neg = false;
+  if (k < s.size() && (s[k] == '+' || s[k] == '-')) neg = s[k++] == '-';
+  if (k >= s.size() || !is_digit(s[k])) return false;
+  const uint64_t limit = neg ? uint64_t(INT64_MAX) + 1 : uint64_t(INT64_MAX);
+  uint64_t v = 0;
+  for (; k < s.size() && is_digit(s[k]); ++k) {
+    const uint64_t digit = static_cast<uint64_t>(s[k] - '0');
+    if (v > (limit - digit) / 10) return false;
+    v = v * 10 + digit;
   }
+  *out = neg ? static_cast<int64_t>(0 - v) : static_cast<int64_t>(v);
+  *i = k;
   return true;
+}
+
+bool parse_int(const std::string& text, int64_t* out) {
+  size_t i = 0;
+  if (!read_int(text, &i, out)) return false;
+  skip_space(text, &i);
+  return i == text.size();
+}
+
+bool parse_tuple(const std::string& text, std::vector<int64_t>* out) {
+  out->clear();
+  const size_t n = text.size();
+  size_t i = 0;
+  int64_t v = 0;
+  skip_space(text, &i);
+  if (i < n && (is_digit(text[i]) || text[i] == '-')) {  // a bare integer
+    if (!parse_int(text, &v)) return false;
+    out->push_back(v);
+    return true;
+  }
+  if (i >= n || (text[i] != '(' && text[i] != '[')) return false;
+  ++i;
+  skip_space(text, &i);
+  const auto closes = [&](size_t k) { return k < n && (text[k] == ')' || text[k] == ']'); };
+  if (closes(i)) {
+    ++i;
+  } else {
+    for (;;) {
+      if (!read_int(text, &i, &v)) return false;
+      out->push_back(v);
+      skip_space(text, &i);
+      if (i < n && text[i] == 'L') ++i;  // Python 2 longs, e.g. "(3L, 3L)"
+      if (i >= n) return false;
+      const char c = text[i++];
+      if (c == ')' || c == ']') break;
+      if (c != ',') return false;
+      skip_space(text, &i);
+      if (closes(i)) {  // a trailing comma, e.g. "(3,)"
+        ++i;
+        break;
+      }
+    }
+  }
+  skip_space(text, &i);
+  return i == n;
 }
 
 bool get_int(const char* op, const Attrs& attrs, const char* key, bool has_default,
@@ -40,18 +91,18 @@ bool get_int(const char* op, const Attrs& attrs, const char* key, bool has_defau
     *out = def;
     return true;
   }
-  std::vector<int64_t> v;
-  if (!parse_int_list(it->second, &v) || v.size() != 1) {
+  int64_t v = 0;
+  if (!parse_int(it->second, &v)) {
     MX_ERROR_MSG << op << ": attribute " << key << "='" << it->second
                  << "' is not an integer";
     return false;
   }
-  if (v[0] < lo || v[0] > hi) {
-    MX_ERROR_MSG << op << ": attribute " << key << "=" << v[0] << " is out of range ["
+  if (v < lo || v > hi) {
+    MX_ERROR_MSG << op << ": attribute " << key << "=" << v << " is out of range ["
                  << lo << ", " << hi << "]";
     return false;
   }
-  *out = v[0];
+  *out = v;
   return true;
 }
 
@@ -67,9 +118,14 @@ bool get_pair(const char* op, const Attrs& attrs, const char* key, bool has_defa
     return true;
   }
   std::vector<int64_t> v;
-  if (!parse_int_list(it->second, &v) || v.empty() || v.size() > 2) {
+  if (!parse_tuple(it->second, &v)) {
     MX_ERROR_MSG << op << ": attribute " << key << "='" << it->second
-                 << "' is not an int or a pair of ints";
+                 << "' is not an int or a pair of ints: malformed (write e.g. 3 or (3, 3))";
+    return false;
+  }
+  if (v.empty() || v.size() > 2) {
+    MX_ERROR_MSG << op << ": attribute " << key << "='" << it->second
+                 << "' is not an int or a pair of ints: it holds " << v.size() << " values";
     return false;
   }
   out[0] = v[0];
@@ -90,13 +146,14 @@ bool get_bool(const char* op, const Attrs& attrs, const char* key, bool def, boo
     *out = def;
     return true;
   }
-  const std::string& s = it->second;
-  if (s == "True" || s == "true" || s == "1") {
+  std::string s = it->second;
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (s == "true" || s == "1") {
     *out = true;
-  } else if (s == "False" || s == "false" || s == "0") {
+  } else if (s == "false" || s == "0") {
     *out = false;
   } else {
-    MX_ERROR_MSG << op << ": attribute " << key << "='" << s << "' is not a boolean";
+    MX_ERROR_MSG << op << ": attribute " << key << "='" << it->second << "' is not a boolean";
     return false;
   }
   return true;
@@ -106,13 +163,64 @@ template <typename T>
 static std::string join_shape(const std::vector<T>& shape) {
   std::ostringstream os;
   os << "(";
-  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
+  for (size_t i = 0; i < shape.size(); ++i) {
+    os << (i ? ", " : "");
+    if (std::is_same<T, unsigned int>::value && shape[i] == static_cast<T>(kUnknownDim)) {
+      os << "?";
+    } else {
+      os << shape[i];
+    }
+  }
   os << (shape.size() == 1 ? ",)" : ")");
   return os.str();
 }
 
 std::string shape_str(const std::vector<unsigned int>& shape) { return join_shape(shape); }
 std::string shape_str(const std::vector<int64_t>& shape) { return join_shape(shape); }
+
+bool check_known(const char* op, const char* name, const std::vector<unsigned int>& shape) {
+  for (unsigned int dim : shape) {
+    if (dim == kUnknownDim) {
+      MX_ERROR_MSG << op << ": input '" << name << "' has an unknown dimension, shape "
+                   << shape_str(shape) << "; under MXNet's default shape semantics a 0 in a "
+                   << "shape means unknown, so zero-size inputs need mx.util.set_np_shape(True)";
+      return false;
+    }
+  }
+  return true;
+}
+
+static int64_t dtype_bytes(int t) {
+  switch (t) {
+    case mxnet::ext::kFloat64: case mxnet::ext::kInt64: return 8;
+    case mxnet::ext::kFloat32: case mxnet::ext::kInt32: return 4;
+    case mxnet::ext::kFloat16: return 2;
+    default: return 1;
+  }
+}
+
+bool check_no_alias(const char* op, const std::vector<const char*>& names,
+                    const std::vector<MXTensor>& inputs, const std::vector<MXTensor>& outputs) {
+  for (const MXTensor& out : outputs) {
+    const int64_t out_size = out.size();
+    if (out_size <= 0) continue;
+    const uintptr_t o0 = reinterpret_cast<uintptr_t>(out.data_ptr);
+    const uintptr_t o1 = o0 + static_cast<uintptr_t>(out_size * dtype_bytes(out.dtype));
+    for (size_t k = 0; k < inputs.size(); ++k) {
+      const int64_t in_size = inputs[k].size();
+      if (in_size <= 0) continue;
+      const uintptr_t i0 = reinterpret_cast<uintptr_t>(inputs[k].data_ptr);
+      const uintptr_t i1 = i0 + static_cast<uintptr_t>(in_size * dtype_bytes(inputs[k].dtype));
+      if (o0 < i1 && i0 < o1) {
+        MX_ERROR_MSG << op << ": the output shares memory with input '"
+                     << (k < names.size() ? names[k] : "?") << "' (out= names an input or a "
+                     << "view of one); write to a separate array";
+        return false;
+      }
+    }
+  }
+  return true;
+}
 
 static const char* dtype_name(int t) {
   switch (t) {

@@ -24,8 +24,14 @@ using Shapes = std::vector<std::vector<unsigned int> >;
 // zeroed slack so the last (partial) block never reads outside them.
 constexpr int kSlack = 64;
 
-// Integers in an attribute value such as "5", "(5, 3)" or "[2,2]".
-bool parse_int_list(const std::string& text, std::vector<int64_t>* out);
+// Attribute values are read with the grammar of MXNet's own operator parameters, so a string
+// MXNet's Pooling or FullyConnected refuses is refused here too.
+//   integer: optional white space, an optional sign, decimal digits, optional white space.
+//   tuple:   a bare integer (no sign but '-'), or '(' or '[' then integers, each optionally
+//            followed by 'L', separated by ',' with an optional trailing ',', closed by ')' or
+//            ']'; white space around the items and at either end.
+bool parse_int(const std::string& text, int64_t* out);
+bool parse_tuple(const std::string& text, std::vector<int64_t>* out);
 
 // Required (has_default = false) or optional integer attribute in [lo, hi].
 bool get_int(const char* op, const Attrs& attrs, const char* key, bool has_default,
@@ -35,12 +41,26 @@ bool get_int(const char* op, const Attrs& attrs, const char* key, bool has_defau
 bool get_pair(const char* op, const Attrs& attrs, const char* key, bool has_default,
               int64_t def, int64_t lo, int64_t hi, int64_t out[2]);
 
-// Boolean attribute: True/False/true/false/1/0.
+// Boolean attribute: true/false in any case, 1 or 0 (as MXNet reads booleans).
 bool get_bool(const char* op, const Attrs& attrs, const char* key, bool def, bool* out);
 
-// Shape as text "(a, b, c)" for messages.
+// Shape as text "(a, b, c)" for messages; unknown dimensions (infer_shape only) print as "?".
 std::string shape_str(const std::vector<unsigned int>& shape);
 std::string shape_str(const std::vector<int64_t>& shape);
+
+// How MXNet hands an unknown dimension to infer_shape (-1 as unsigned). Under MXNet's default,
+// non-numpy shape semantics a 0 in a shape means unknown and arrives like this too.
+constexpr unsigned int kUnknownDim = 0xFFFFFFFFu;
+
+// Refuses a shape with unknown dimensions, with a message naming input `name`: the output shape
+// could only carry them on as 4294967295 (the library API has no "unknown"), and an empty
+// input under the default semantics would be taken for one of 4294967295 rows.
+bool check_known(const char* op, const char* name, const std::vector<unsigned int>& shape);
+
+// Refuses outputs whose memory overlaps an input's (out= naming an input or a view of one): the
+// kernels write outputs while they still read inputs. Zero-size tensors overlap nothing.
+bool check_no_alias(const char* op, const std::vector<const char*>& names,
+                    const std::vector<MXTensor>& inputs, const std::vector<MXTensor>& outputs);
 
 // Input types: each entry of `want` is the required MXDType; unknown (< 0) ones are filled in.
 bool check_types(const char* op, const std::vector<const char*>& names,

@@ -53,6 +53,13 @@ bool out_shape(const PoolParam& p, const std::vector<T>& ds, std::vector<T>* os)
   }
   *os = ds;
   for (int k = 0; k < 2; ++k) {
+    // Every window of an empty axis holds padding only (MXNet's Pooling refuses these too).
+    if (ds[2 + k] == 0) {
+      MX_ERROR_MSG << kOp << ": data has zero " << (k == 0 ? "height" : "width")
+                   << " (shape " << shape_str(ds) << "): every pooling window would hold "
+                   << "padding only and have no maximum";
+      return false;
+    }
     const int64_t padded = static_cast<int64_t>(ds[2 + k]) + 2 * p.pad[k];
     if (p.kernel[k] > padded) {
       MX_ERROR_MSG << kOp << ": kernel=(" << p.kernel[0] << ", " << p.kernel[1]
@@ -89,6 +96,7 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
     MX_ERROR_MSG << kOp << ": expected 1 input, got " << in->size();
     return MX_FAIL;
   }
+  if (!check_known(kOp, "data", (*in)[0])) return MX_FAIL;
   return out_shape(p, (*in)[0], &(*out)[0]) ? MX_SUCCESS : MX_FAIL;
 }
 
@@ -151,11 +159,12 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                  << shape_str(os) << " for data " << shape_str(in.shape);
     return MX_FAIL;
   }
+  if (!check_no_alias(kOp, {"data"}, *inputs, *outputs)) return MX_FAIL;
   const int64_t planes = in.shape[0] * in.shape[1], H = in.shape[2], W = in.shape[3];
   const int64_t Ho = os[2], Wo = os[3];
   const int64_t kh = p.kernel[0], kw = p.kernel[1], sh = p.stride[0], sw = p.stride[1];
   const int64_t ph = p.pad[0], pw = p.pad[1];
-  if (planes == 0 || Ho == 0 || Wo == 0) return MX_SUCCESS;
+  if (planes == 0) return MX_SUCCESS;  // H, W > 0 (out_shape), so Ho, Wo >= 1
   // Per thread one padded row: pw -inf, W row maxima, then -inf up to the last window's end.
   const int64_t row_len = (Wo - 1) * sw + kw;
   const int64_t row_stride = (row_len + 15) / 16 * 16;
@@ -187,7 +196,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
       const float* x = X + pl * H * W;
       float* o = O + pl * Ho * Wo;
       for (int64_t oy = 0; oy < Ho; ++oy) {
-        // Rows [y0, y1) of the window inside the input; never empty because pad < kernel.
+        // Rows [y0, y1) of the window inside the input; never empty: pad < kernel and H >= 1.
         const int64_t y0 = std::max<int64_t>(oy * sh - ph, 0);
         const int64_t y1 = std::min<int64_t>(oy * sh - ph + kh, H);
         const float* __restrict r0 = x + y0 * W;

@@ -26,6 +26,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "vec.h"
 
 namespace {
 
@@ -34,11 +35,6 @@ using mxnet::ext::MX_FAIL;
 using mxnet::ext::MX_SUCCESS;
 
 const char* const kOp = "lcnn_sparse_conv";
-
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4)));  // unaligned load/store
-
-inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
 
 // Two-vector shuffle with constant lane indices (0-7: a, 8-15: b), GCC or clang spelling.
 #if defined(__clang__)
@@ -68,11 +64,12 @@ inline void deinterleave(const float* in, v8* out) {
   }
 }
 
+// Input positions: with_dictionary inserts the dictionary right after data and shifts the rest.
+constexpr int kDictInput = 1;
+
 struct ConvParam {
   int64_t m, d, kernel[2], stride[2], pad[2];
   bool relu, no_bias, with_dictionary;
-  // Input positions: with_dictionary inserts the dictionary after data and shifts the rest.
-  int dict() const { return 1; }
   int indptr() const { return with_dictionary ? 2 : 1; }
   int count() const { return (with_dictionary ? 6 : 5) + (no_bias ? 0 : 1); }
 };
@@ -163,10 +160,14 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
     MX_ERROR_MSG << kOp << ": data must be 4-D (N, C, H, W), got shape " << shape_str(data);
     return MX_FAIL;
   }
+  if (!check_known(kOp, names[0], data)) return MX_FAIL;
+  if (p.with_dictionary && (*in)[kDictInput].empty())
+    (*in)[kDictInput] = {static_cast<unsigned>(p.d), data[1], 1, 1};
+  for (size_t k = 1; k < names.size(); ++k) {
+    if (!check_known(kOp, names[k], (*in)[k])) return MX_FAIL;
+  }
   if (p.with_dictionary) {
-    auto& dict = (*in)[p.dict()];
-    if (dict.empty()) dict = {static_cast<unsigned>(p.d), data[1], 1, 1};
-    if (!check_dictionary(p, dict, data[1])) return MX_FAIL;
+    if (!check_dictionary(p, (*in)[kDictInput], data[1])) return MX_FAIL;
   } else if (data[1] != p.d) {
     MX_ERROR_MSG << kOp << ": wrong data channels: data has " << data[1]
                  << " channels but dictionary_size=" << p.d << " (data shape "
@@ -272,7 +273,7 @@ inline void lookup_block(const float* __restrict src, const int32_t* __restrict 
     for (int k = 0; k < NV; ++k) acc[k] += v * *reinterpret_cast<const v8u*>(in + 8 * k);
   }
   if (RELU) {
-    for (int k = 0; k < NV; ++k) acc[k] = acc[k] > v8{} ? acc[k] : v8{};
+    for (int k = 0; k < NV; ++k) acc[k] = relu(acc[k]);
   }
   for (int k = 0; k < NV; ++k) *reinterpret_cast<v8u*>(dst + 8 * k) = acc[k];
 }
@@ -307,7 +308,7 @@ inline void lookup_rows(const float* __restrict src, int64_t wph, const int32_t*
   }
   for (int r = 0; r < R; ++r)
     for (int k = 0; k < NV; ++k) {
-      if (RELU) acc[r][k] = acc[r][k] > v8{} ? acc[r][k] : v8{};
+      if (RELU) acc[r][k] = relu(acc[r][k]);
       *reinterpret_cast<v8u*>(dst + r * wo + 8 * k) = acc[r][k];
     }
 }
@@ -469,7 +470,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int ip = p.indptr(), ib = ip + 4;
   const std::vector<int64_t>& ds = in[0].shape;
   if (ds.size() != 4 || (!p.with_dictionary && ds[1] != p.d) ||
-      (p.with_dictionary && !check_dictionary(p, in[p.dict()].shape, ds[1])) ||
+      (p.with_dictionary && !check_dictionary(p, in[kDictInput].shape, ds[1])) ||
       in[ip].shape.size() != 1 || in[ip].shape[0] != p.m + 1 || in[ip + 1].shape.size() != 1 ||
       in[ip + 2].shape != in[ip + 1].shape || in[ip + 3].shape != in[ip + 1].shape ||
       (!p.no_bias && (in[ib].shape.size() != 1 || in[ib].shape[0] != p.m))) {
@@ -494,8 +495,10 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const float* value = in[ip + 3].data<float>();
   const float* bias = p.no_bias ? nullptr : in[ib].data<float>();
   const int64_t entries = in[ip + 1].shape[0];
+  if (!check_no_alias(kOp, names, in, *outputs)) return MX_FAIL;
   if (!check_packed(kOp, indptr, p.m, entries, dict_index, p.d, kernel_offset, kh * kw))
     return MX_FAIL;
+  if (N == 0) return MX_SUCCESS;  // nothing to write (H or W = 0 needs no care: pad reads 0)
 
   // Geometry of the phase planes (stride 1: one plane per dictionary channel, just padded).
   const int64_t hph = (H + 2 * p.pad[0] + sh - 1) / sh;
@@ -541,13 +544,13 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
     offsets[e] = static_cast<int32_t>(dict_index[e] * dict_stride) +
                  kernel_table[kernel_offset[e]];
   const float* X = in[0].data<float>();
-  const float* D = p.with_dictionary ? in[p.dict()].data<float>() : nullptr;
+  const float* D = p.with_dictionary ? in[kDictInput].data<float>() : nullptr;
   const int64_t HW = H * W, dict_items = (HW + 255) / 256;
   float* O = (*outputs)[0].data<float>();
   const int64_t m = p.m, d = p.d, out_plane = Ho * Wo;
-  const bool relu = p.relu;
+  const bool fuse_relu = p.relu;
   const int tail = static_cast<int>((Wo % 64 + 7) / 8);
-  const ChannelFn channel = relu ? channel_fn<true>(tail) : channel_fn<false>(tail);
+  const ChannelFn channel = fuse_relu ? channel_fn<true>(tail) : channel_fn<false>(tail);
   // Output rows per tile: the input rows a tile reads from all phase planes stay within ~96 KB
   // (L2), in whole multiples of the row blocking.
   const int64_t rows_in = (kh - 1) / sh + 1;  // extra phase rows a tile reads
@@ -601,7 +604,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
             c.wph = wph;
             if (c.cnt == 0) {
               std::fill(c.dst + c.y0 * Wo, c.dst + c.y1 * Wo,
-                        relu ? std::max(c.bias, 0.f) : c.bias);
+                        fuse_relu ? relu(c.bias) : c.bias);
             } else {
               channel(c);
             }

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "vec.h"
 
 namespace {
 
@@ -21,11 +22,6 @@ using mxnet::ext::MX_FAIL;
 using mxnet::ext::MX_SUCCESS;
 
 const char* const kOp = "lcnn_sparse_dense";
-
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4)));
-
-inline v8 splat(float x) { return v8{x, x, x, x, x, x, x, x}; }
 
 // out[0 .. 8*NV) = bias + sum_e val[e] * st[idx[e] * np ..]: 8*NV samples of one output unit
 // in NV vector registers.
@@ -40,7 +36,7 @@ void dense_block(const float* __restrict st, int64_t np, const int32_t* __restri
     for (int k = 0; k < NV; ++k) acc[k] += v * *reinterpret_cast<const v8u*>(in + 8 * k);
   }
   for (int k = 0; k < NV; ++k) {
-    if (RELU) acc[k] = acc[k] > v8{} ? acc[k] : v8{};
+    if (RELU) acc[k] = relu(acc[k]);
     *reinterpret_cast<v8u*>(out + 8 * k) = acc[k];
   }
 }
@@ -102,6 +98,9 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
   }
   if ((*in)[1].empty()) (*in)[1] = {static_cast<unsigned>(p.units + 1)};
   if (!p.no_bias && (*in)[4].empty()) (*in)[4] = {static_cast<unsigned>(p.units)};
+  for (size_t k = 0; k < n_in; ++k) {
+    if (!check_known(kOp, kNames[k], (*in)[k])) return MX_FAIL;
+  }
   const auto& data = (*in)[0];
   if (data.size() != 2) {
     MX_ERROR_MSG << kOp << ": data must be 2-D (N, dictionary_size), got shape "
@@ -169,12 +168,14 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int32_t* dict_index = in[2].data<int32_t>();
   const float* value = in[3].data<float>();
   const float* bias = p.no_bias ? nullptr : in[4].data<float>();
+  if (!check_no_alias(kOp, std::vector<const char*>(kNames, kNames + n_in), in, *outputs))
+    return MX_FAIL;
   if (!check_packed(kOp, indptr, p.units, in[2].shape[0], dict_index, p.d, nullptr, 0))
     return MX_FAIL;
   const int64_t N = ds[0], d = p.d, units = p.units;
   const float* S = in[0].data<float>();
   float* O = (*outputs)[0].data<float>();
-  const bool relu = p.relu;
+  const bool fuse_relu = p.relu;
   const int64_t work = (indptr[units] + units) * N;
 
   if (N < 8) {
@@ -194,7 +195,7 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
         }
         for (; e < e1; ++e) a0 += value[e] * s[dict_index[e]];
         const float acc = (a0 + a1) + (a2 + a3);
-        O[n * units + u] = relu ? std::max(acc, 0.f) : acc;
+        O[n * units + u] = fuse_relu ? relu(acc) : acc;
       }
     }
     return MX_SUCCESS;
@@ -227,8 +228,8 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
     for (int64_t n = N; n < np; ++n) row[n] = 0.f;
   }
   const int tail = static_cast<int>(np % 64 / 8);
-  const BlockFn full_block = relu ? dense_block<8, true> : dense_block<8, false>;
-  const BlockFn tail_block = relu ? tail_fn<true>(tail) : tail_fn<false>(tail);
+  const BlockFn full_block = fuse_relu ? dense_block<8, true> : dense_block<8, false>;
+  const BlockFn tail_block = fuse_relu ? tail_fn<true>(tail) : tail_fn<false>(tail);
 #pragma omp parallel for schedule(static) if (work > 32768)
   for (int64_t u = 0; u < units; ++u) {
     const float b = bias ? bias[u] : 0.f;
