@@ -209,3 +209,78 @@ def test_empty_dimensions_default_semantics(empty_results, name):
     assert 'crash' not in got, 'crashed (%s): %s' % (got['crash'], got['stderr'])
     assert 'error' in got, 'a 0 means "unknown" here, yet the op returned %r' % got
     assert 'unknown dimension' in got['error'] and 'set_np_shape' in got['error'], got['error']
+
+
+# --- shared helpers for the in-process tests ----------------------------------------------------
+
+def packed_args(lookup):
+    """indptr, dict_index[, kernel_offset], value NDArrays of a dense lookup array."""
+    from gluon_lcnn.nn import pack_lookup
+    p = pack_lookup(lookup)
+    arrays = [p.indptr, p.dict_index] + ([p.kernel_offset] if lookup.ndim == 4 else []) + [p.value]
+    return [mx.nd.array(a, dtype=a.dtype) for a in arrays]
+
+
+def random_lookup(shape, density, seed):
+    rng = np.random.RandomState(seed)
+    lookup = (rng.randn(*shape) * (rng.rand(*shape) < density)).astype(np.float32)
+    lookup[0] = 0  # an output channel / unit with no non-zeros: the bias-only path
+    return lookup
+
+
+def with_nans(shape, seed, fraction=0.02):
+    rng = np.random.RandomState(seed)
+    x = rng.randn(*shape).astype(np.float32)
+    x[rng.rand(*shape) < fraction] = np.nan
+    return x
+
+
+def relu_keeping_nan(x):
+    """MXNet's relu (mx.nd.relu): x <= 0 -> 0, NaN stays NaN."""
+    return np.where(x <= 0, np.float32(0), x)
+
+
+# --- NaN through the fused ReLU -----------------------------------------------------------------
+
+# Batches below 8 take the scalar gather path, from 8 on the transposed vector path (full
+# 64-sample blocks and tails).
+@pytest.mark.parametrize('batch', [1, 5, 7, 8, 9, 16, 70])
+def test_dense_relu_keeps_nan_on_every_path(batch):
+    lookup = random_lookup((6, 10), 0.5, batch)
+    bias = np.random.RandomState(1).randn(6).astype(np.float32)
+    bias[0] = np.nan  # the unit without non-zeros: NaN through the bias alone
+    bias[1] = -1.0
+    x = mx.nd.array(with_nans((batch, 10), batch, fraction=0.1))
+    args = [x] + packed_args(lookup) + [mx.nd.array(bias)]
+    attrs = dict(num_hidden=6, dictionary_size=10)
+    raw = mx.nd.lcnn_sparse_dense(*args, **attrs).asnumpy()
+    fused = mx.nd.lcnn_sparse_dense(*args, relu=True, **attrs).asnumpy()
+    assert np.isnan(raw).any() and (raw < 0).any()
+    np.testing.assert_array_equal(fused, relu_keeping_nan(raw))
+    np.testing.assert_array_equal(fused, mx.nd.relu(mx.nd.array(raw)).asnumpy())
+
+
+# Output widths hitting the multi-row blocks (narrow rows), 64-wide blocks with tails, the last
+# row's buffered tail, a stride, and the fused dictionary.
+@pytest.mark.parametrize('shape,stride,fuse', [
+    ((2, 3, 9, 13), (1, 1), False),
+    ((1, 3, 5, 70), (1, 1), False),
+    ((1, 3, 6, 30), (2, 2), False),
+    ((2, 4, 7, 11), (1, 1), True),
+])
+def test_conv_relu_keeps_nan_on_every_path(shape, stride, fuse):
+    n, c, h, w = shape
+    d = 3
+    lookup = random_lookup((5, d, 3, 3), 0.4, h * w)
+    bias = np.array([np.nan, -1.0, 0.5, -0.25, 2.0], np.float32)  # channel 0: no non-zeros
+    x = with_nans(shape, h)
+    args = [mx.nd.array(x)]
+    if fuse:
+        args.append(mx.nd.array(np.random.RandomState(2).randn(d, c, 1, 1)))
+    args += packed_args(lookup) + [mx.nd.array(bias)]
+    attrs = dict(num_filter=5, dictionary_size=d, kernel=(3, 3), stride=stride, pad=(1, 1),
+                 with_dictionary=fuse)
+    raw = mx.nd.lcnn_sparse_conv(*args, **attrs).asnumpy()
+    fused = mx.nd.lcnn_sparse_conv(*args, relu=True, **attrs).asnumpy()
+    assert np.isnan(raw[:, 1:]).any() and (raw < 0).any()
+    np.testing.assert_array_equal(fused, relu_keeping_nan(raw))
