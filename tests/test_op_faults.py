@@ -284,3 +284,72 @@ def test_conv_relu_keeps_nan_on_every_path(shape, stride, fuse):
     fused = mx.nd.lcnn_sparse_conv(*args, relu=True, **attrs).asnumpy()
     assert np.isnan(raw[:, 1:]).any() and (raw < 0).any()
     np.testing.assert_array_equal(fused, relu_keeping_nan(raw))
+
+
+# --- out= aliasing an input ---------------------------------------------------------------------
+
+def dense_args(batch, seed=0):
+    lookup = random_lookup((6, 6), 0.5, seed)
+    return ([mx.nd.array(np.random.RandomState(seed).randn(batch, 6))] + packed_args(lookup)
+            + [mx.nd.array(np.arange(6, dtype=np.float32))])
+
+
+DENSE = dict(num_hidden=6, dictionary_size=6)
+
+
+@pytest.mark.parametrize('batch', [2, 16])
+def test_dense_out_aliasing_data_is_refused(batch):
+    args = dense_args(batch)
+    before = args[0].asnumpy()
+    with pytest.raises(MXNetError, match="output shares memory with input 'data'"):
+        mx.nd.lcnn_sparse_dense(*args, out=args[0], **DENSE).wait_to_read()
+    np.testing.assert_array_equal(args[0].asnumpy(), before)  # refused before any write
+
+
+def test_dense_out_overlapping_a_view_of_data_is_refused():
+    big = mx.nd.array(np.random.RandomState(0).randn(5, 6))
+    args = dense_args(4)
+    args[0] = big[0:4]
+    with pytest.raises(MXNetError, match="shares memory with input 'data'"):
+        mx.nd.lcnn_sparse_dense(*args, out=big[1:5], **DENSE).wait_to_read()
+
+
+def test_dense_out_aliasing_bias_is_refused():
+    args = dense_args(1)
+    with pytest.raises(MXNetError, match="shares memory with input 'bias'"):
+        mx.nd.lcnn_sparse_dense(*args, out=args[-1].reshape((1, 6)), **DENSE).wait_to_read()
+
+
+def test_separate_out_still_works():
+    args = dense_args(3)
+    want = mx.nd.lcnn_sparse_dense(*args, **DENSE).asnumpy()
+    out = mx.nd.zeros((3, 6))
+    mx.nd.lcnn_sparse_dense(*args, out=out, **DENSE)
+    np.testing.assert_array_equal(out.asnumpy(), want)
+    big = mx.nd.zeros((6, 6))  # data and out: adjacent views of one array, no overlap
+    big[0:3] = args[0]
+    args[0] = big[0:3]
+    mx.nd.lcnn_sparse_dense(*args, out=big[3:6], **DENSE)
+    np.testing.assert_array_equal(big[3:6].asnumpy(), want)
+
+
+def test_conv_out_aliasing_data_or_dictionary_is_refused():
+    lookup = random_lookup((3, 3, 3, 3), 0.5, 0)
+    x = mx.nd.array(np.random.RandomState(0).randn(2, 3, 5, 5))
+    args = [x] + packed_args(lookup)
+    attrs = dict(num_filter=3, dictionary_size=3, kernel=(3, 3), pad=(1, 1), no_bias=True)
+    with pytest.raises(MXNetError, match="shares memory with input 'data'"):
+        mx.nd.lcnn_sparse_conv(*args, out=x, **attrs).wait_to_read()
+    # Fused dictionary (3, 4, 1, 1) and output (3, 4, 1, 1): 3 samples, 4 filters, 1x1.
+    dictionary = mx.nd.array(np.random.RandomState(1).randn(3, 4, 1, 1))
+    args = ([mx.nd.array(np.ones((3, 4, 1, 1))), dictionary]
+            + packed_args(random_lookup((4, 3, 1, 1), 0.9, 1)))
+    with pytest.raises(MXNetError, match="shares memory with input 'dictionary'"):
+        mx.nd.lcnn_sparse_conv(*args, out=dictionary, num_filter=4, dictionary_size=3,
+                               kernel=1, no_bias=True, with_dictionary=True).wait_to_read()
+
+
+def test_max_pool_out_aliasing_data_is_refused():
+    x = mx.nd.array(np.random.RandomState(0).randn(1, 2, 6, 6))
+    with pytest.raises(MXNetError, match="shares memory with input 'data'"):
+        mx.nd.lcnn_max_pool(x, kernel=3, pad=1, out=x).wait_to_read()
