@@ -72,6 +72,8 @@ def test_max_pool_block_hybridized():
     ({}, (1, 1, 5, 5), "missing required attribute 'kernel'"),
     ({'kernel': (0, 3)}, (1, 1, 5, 5), 'kernel.*out of range'),
     ({'kernel': 'x'}, (1, 1, 5, 5), 'kernel.*not an int'),
+    ({'kernel': '3 3'}, (1, 1, 5, 5), "kernel='3 3' is not an int or a pair of ints: malformed"),
+    ({'kernel': 2, 'pad': '(1,,1)'}, (1, 1, 5, 5), r"pad='\(1,,1\)' is not an int or a pair"),
     ({'kernel': 3, 'stride': (2, 0)}, (1, 1, 5, 5), 'stride.*out of range'),
     ({'kernel': 3, 'pad': -1}, (1, 1, 5, 5), 'pad.*out of range'),
     ({'kernel': 3, 'pad': (1, 3)}, (1, 1, 5, 5), r'pad=\(1, 3\) must be smaller than kernel'),

@@ -7,6 +7,7 @@ strings parsed with MXNet's own grammar. Budget: about 8 s on 2 cores.
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -353,3 +354,90 @@ def test_max_pool_out_aliasing_data_is_refused():
     x = mx.nd.array(np.random.RandomState(0).randn(1, 2, 6, 6))
     with pytest.raises(MXNetError, match="shares memory with input 'data'"):
         mx.nd.lcnn_max_pool(x, kernel=3, pad=1, out=x).wait_to_read()
+
+
+# --- attribute strings --------------------------------------------------------------------------
+
+# Accepted by MXNet's own tuple grammar (mismatched brackets included, as MXNet reads them) ...
+GOOD_TUPLES = ['2', ' 2 ', '02', '(2, 2)', '(2,2)', '[2,2]', '[2, 2]', ' (2, 2) ', '(2L, 2L)',
+               '(2 L, 2)', '(2, 2,)', '( 2 , 2 )', '(+2, 2)', '(02, 2)', '(2,\t2)', '(2, 2)\n',
+               '[2,2)', '(2,)']
+# ... and refused by it.
+BAD_TUPLES = ['(1,,2)', '3 3', '2L', '((2,2))', '(2 2)', '(2,2', '2,2', '', '+2', '(2, 2) x',
+              '0x2', '2.0', '(2.0, 2)', '(,2)', '(2,,)', 'L', '2 L', '(,)', '(2L , 2)', '(- 2, 2)',
+              '2a', '(2, 2))']
+
+
+def mxnet_parses_kernel(text):
+    """Whether MXNet's Pooling accepts `text` as a kernel tuple (its shape checks aside)."""
+    try:
+        mx.nd.Pooling(mx.nd.zeros((1, 1, 6, 6)), kernel=text, pool_type='max').wait_to_read()
+    except MXNetError as err:
+        return 'Invalid Parameter format' not in str(err)
+    return True
+
+
+@pytest.mark.parametrize('text', GOOD_TUPLES + BAD_TUPLES)
+def test_tuple_grammar_matches_mxnet(text):
+    assert mxnet_parses_kernel(text) == (text in GOOD_TUPLES)
+    x = mx.nd.zeros((1, 1, 6, 6))
+    if text in GOOD_TUPLES:
+        assert mx.nd.lcnn_max_pool(x, kernel=text).shape == (1, 1, 5, 5)
+        assert mx.nd.lcnn_max_pool(x, kernel=3, stride=text).shape == (1, 1, 2, 2)
+    else:
+        pattern = "attribute kernel='%s' is not an int or a pair of ints: malformed"
+        with pytest.raises(MXNetError, match=re.escape(pattern % text)):
+            mx.nd.lcnn_max_pool(x, kernel=text).wait_to_read()
+
+
+@pytest.mark.parametrize('text,message', [
+    ('()', "kernel='()' is not an int or a pair of ints: it holds 0 values"),
+    ('(1, 2, 3)', "kernel='(1, 2, 3)' is not an int or a pair of ints: it holds 3 values"),
+])
+def test_tuple_arity(text, message):
+    with pytest.raises(MXNetError, match=re.escape(message)):
+        mx.nd.lcnn_max_pool(mx.nd.zeros((1, 1, 6, 6)), kernel=text).wait_to_read()
+
+
+@pytest.mark.parametrize('attr,text', [('pad', '(1,,1)'), ('stride', '[1 1]'),
+                                       ('kernel', '3 3'), ('kernel', '((3,3))')])
+def test_conv_tuple_attributes_are_strict(attr, text):
+    x = mx.nd.zeros((1, 3, 6, 6))
+    args = [x] + packed_args(random_lookup((4, 3, 3, 3), 0.5, 0))
+    attrs = dict(num_filter=4, dictionary_size=3, kernel=(3, 3), no_bias=True)
+    attrs[attr] = text
+    with pytest.raises(MXNetError, match=re.escape("attribute %s='%s'" % (attr, text))):
+        mx.nd.lcnn_sparse_conv(*args, **attrs).wait_to_read()
+
+
+def mxnet_parses_int(text):
+    try:
+        mx.nd.FullyConnected(mx.nd.zeros((2, 6)), mx.nd.zeros((6, 6)), num_hidden=text,
+                             no_bias=True).wait_to_read()
+    except MXNetError as err:
+        return 'Invalid Parameter format' not in str(err)
+    return True
+
+
+@pytest.mark.parametrize('text,good', [
+    ('6', True), (' 6', True), ('6 ', True), ('+6', True), ('06', True), ('6\n', True),
+    ('6L', False), ('(6)', False), ('[6]', False), ('6.0', False), ('6,', False),
+    ('0x6', False), ('- 6', False), ('', False), ('(6,)', False)])
+def test_int_grammar_matches_mxnet(text, good):
+    assert mxnet_parses_int(text) == good
+    args = dense_args(2)
+    if good:
+        assert mx.nd.lcnn_sparse_dense(*args, num_hidden=text, dictionary_size=6).shape == (2, 6)
+    else:
+        with pytest.raises(MXNetError, match=re.escape("num_hidden='%s' is not an integer" % text)):
+            mx.nd.lcnn_sparse_dense(*args, num_hidden=text, dictionary_size=6).wait_to_read()
+
+
+@pytest.mark.parametrize('text,value', [('True', True), ('TRUE', True), ('1', True),
+                                        ('false', False), ('fAlse', False), ('0', False)])
+def test_booleans_read_as_mxnet_reads_them(text, value):
+    args = dense_args(4)
+    raw = mx.nd.lcnn_sparse_dense(*args, **DENSE).asnumpy()
+    assert (raw < 0).any()
+    out = mx.nd.lcnn_sparse_dense(*args, relu=text, **DENSE).asnumpy()
+    np.testing.assert_array_equal(out, relu_keeping_nan(raw) if value else raw)

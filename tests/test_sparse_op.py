@@ -201,6 +201,8 @@ def test_valid_inputs_run():
     (lambda a, t: t.pop('kernel'), "missing required attribute 'kernel'"),
     (lambda a, t: t.update(stride=(0, 1)), 'out of range'),
     (lambda a, t: t.update(kernel='(3, x)'), 'not an int or a pair'),
+    (lambda a, t: t.update(pad='1 1'), "pad='1 1' is not an int or a pair of ints: malformed"),
+    (lambda a, t: t.update(num_filter='4L'), "num_filter='4L' is not an integer"),
     (lambda a, t: t.update(relu='maybe'), 'not a boolean'),
     (lambda a, t: t.update(num_filter=5), 'indptr must have shape'),
 ])
