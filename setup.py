@@ -21,19 +21,21 @@ setup(
     packages=find_packages(include=['gluon_lcnn', 'gluon_lcnn.*', 'symbols']),
     package_data={'gluon_lcnn.ops': ['*.cc', '*.h', '*.so']},
     python_requires='>=3.8',
-    # Upper bounds matter: numpy 2 / scipy >= 1.11 / pillow 10 break mxnet 1.9 or gluoncv 0.10.
+    # What the package imports (tabulate: the MAC table; opencv: the RecordIO packer). Upper
+    # bounds matter: numpy 2 breaks mxnet 1.9. The full pinned stack is requirements.txt.
     install_requires=[
         'mxnet==1.9.1',
         'numpy==1.23.5',
-        'scipy==1.10.1',
-        'gluoncv==0.10.5.post0',
-        'pillow==9.5.0',
-        'tqdm',
         'tabulate',
+        'opencv-python==4.8.1.78',
     ],
     extras_require={
         # GPU users swap the CPU wheel for the CUDA 11.2 build of the same version.
         'gpu': ['mxnet-cu112==1.9.1'],
+        # GluonCV nets for to_lcnn; scipy >= 1.11 and pillow 10 break gluoncv 0.10.
+        'gluoncv': ['gluoncv==0.10.5.post0', 'scipy==1.10.1', 'pillow==9.5.0'],
+        # train_scripts/ (progress bars); Horovod itself is the 'horovod' extra.
+        'train': ['tqdm'],
         'horovod': ['horovod==0.28.1'],
         'serve': ['multi-model-server==1.1.11', 'model-archiver==1.0.3', 'opencv-python==4.8.1.78'],
     },

@@ -77,6 +77,17 @@ def test_resnet18_presets_and_stage_sizes():
         assert isinstance(net.output, mx.gluon.nn.Dense)
 
 
+def test_resnet34_and_lenet_defaults_are_their_own_presets():
+    from gluon_lcnn.model_zoo.lenet import LENET_PRESETS
+    from gluon_lcnn.model_zoo.resnet import RESNET18_PRESETS, RESNET34_PRESETS
+    stem, s1, s2, s3, s4 = RESNET34_PRESETS['accurate']
+    assert RESNET34_PRESETS['accurate'] != RESNET18_PRESETS['accurate']
+    # stem, then 6 / 8 / 12 / 6 convs per stage plus a 1x1 shortcut in stages 2-4.
+    assert _lookup_sizes(gluon_lcnn.get_model('resnet34_lcnn')) == \
+        [stem] + [s1] * 6 + [s2] * 9 + [s3] * 13 + [s4] * 7
+    assert _lookup_sizes(gluon_lcnn.get_model('lenet_lcnn')) == list(LENET_PRESETS['accurate'])
+
+
 def test_jacintonet_grouped_convs_stay_dense():
     net = gluon_lcnn.get_model('jacintonet11_lcnn')
     convs = [b for b in _blocks(net) if isinstance(b, (mx.gluon.nn.Conv2D, LookupConv2D))]

@@ -99,10 +99,15 @@ def alexnet_lcnn(dictionary_sizes=ALEXNET_PRESETS['fast'], classes=1000, **kwarg
 
 
 def alexnet_lcnn_fast(classes=1000, **kwargs):
-    """LCNN-fast: dictionaries (3, 30, 30, 30, 30, 512, 512), 37.6x theoretical speedup."""
+    """LCNN-fast: dictionaries ``ALEXNET_PRESETS['fast']`` = (3, 30, 30, 30, 30, 512, 512);
+    26.4x fewer MACs than the dense AlexNet at 224x224 with the published lookup densities
+    (``python -m gluon_lcnn flops --model alexnet_lcnn_fast --density published``)."""
     return AlexNet(classes=classes, dictionary_sizes=ALEXNET_PRESETS['fast'], **kwargs)
 
 
 def alexnet_lcnn_accurate(classes=1000, **kwargs):
-    """LCNN-accurate: dictionaries (3, 500, 500, 500, 30, 1024, 1024), 3.2x theoretical speedup."""
+    """LCNN-accurate: dictionaries ``ALEXNET_PRESETS['accurate']`` = (3, 500, 500, 500, 30, 1024,
+    1024); 3.8x fewer MACs than the dense AlexNet at 224x224 with the published lookup
+    densities (``python -m gluon_lcnn flops --model alexnet_lcnn_accurate --density published``).
+    """
     return AlexNet(classes=classes, dictionary_sizes=ALEXNET_PRESETS['accurate'], **kwargs)

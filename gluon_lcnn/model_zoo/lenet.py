@@ -65,14 +65,17 @@ def lenet(classes=10, **kwargs):
     return LeNet(classes=classes, **kwargs)
 
 
-def lenet_lcnn(dictionary_sizes=(3, 16, 128), classes=10, **kwargs):
-    """LeNet with lookup layers; `dictionary_sizes` for (conv1, conv2, fc1)."""
+def lenet_lcnn(dictionary_sizes=LENET_PRESETS['accurate'], classes=10, **kwargs):
+    """LeNet with lookup layers; `dictionary_sizes` for (conv1, conv2, fc1), by default the
+    accurate preset."""
     return LeNet(classes=classes, dictionary_sizes=dictionary_sizes, **kwargs)
 
 
 def lenet_lcnn_fast(classes=10, **kwargs):
+    """LCNN-fast LeNet: ``LENET_PRESETS['fast']``."""
     return LeNet(classes=classes, dictionary_sizes=LENET_PRESETS['fast'], **kwargs)
 
 
 def lenet_lcnn_accurate(classes=10, **kwargs):
+    """LCNN-accurate LeNet: ``LENET_PRESETS['accurate']``."""
     return LeNet(classes=classes, dictionary_sizes=LENET_PRESETS['accurate'], **kwargs)
