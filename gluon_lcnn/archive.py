@@ -20,7 +20,7 @@ import tempfile
 import mxnet as mx
 
 __all__ = ['HANDLER_PATH', 'load_handler', 'op_library_path', 'inference_net',
-           'export_archive', 'add_arguments', 'run']
+           'export_archive', 'load_parameters', 'add_arguments', 'run']
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HANDLER_PATH = os.path.join(_ROOT, 'deploy', 'mms', 'lcnn_service.py')
@@ -135,6 +135,39 @@ def export_archive(net, out_dir, model_name, input_shape, classes=None, mean=Non
 
 
 # --------------------------------------------------------------------------- CLI
+def check_params_file(path):
+    """FileNotFoundError / ValueError unless ``path`` is a file (existing, not a directory)."""
+    if os.path.isdir(path):
+        raise ValueError('%s is a directory, not a parameter file' % path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError('no parameter file at %s' % path)
+
+
+def load_parameters(net, path, ctx=None, model=None):
+    """``net.load_parameters(path, ctx)`` refusing bad input with a message naming the file.
+
+    FileNotFoundError when there is no such file; ValueError when it is a directory, no
+    parameter file (empty, text, truncated) or holds the parameters of another model than
+    ``model`` (or of other constructor arguments: --classes, --arg).
+    """
+    from .flops import error_line
+    check_params_file(path)
+    try:
+        net.load_parameters(path, ctx=ctx or mx.cpu())
+    except mx.base.MXNetError as err:
+        message = error_line(err)
+        if 'Invalid NDArray file format' in message:
+            raise ValueError('%s is not a parameter file written by save_parameters (%s)'
+                             % (path, message)) from err
+        raise ValueError('cannot load parameters from %s: %s' % (path, message)) from err
+    except AssertionError as err:
+        # Gluon's own hint (allow_missing / ignore_extra) is no use on the command line.
+        message = re.sub(r'\s*[^.]*(allow_missing|ignore_extra)[^.]*\.', '', error_line(err))
+        raise ValueError('%s does not hold parameters of %s as built here (another model, or '
+                         'other --classes / --arg?): %s' % (path, model or net.name, message)
+                         ) from err
+
+
 def _floats(text):
     try:
         return [float(v) for v in text.split(',')]
@@ -145,10 +178,7 @@ def _floats(text):
 def _shape(text):
     """'1,28,28' (C,H,W) or '1,1,28,28' (N,C,H,W, N ignored) -> (C, H, W)."""
     from .flops import parse_shape
-    shape = parse_shape(text)
-    if len(shape) not in (3, 4):
-        raise argparse.ArgumentTypeError('expected C,H,W (e.g. 1,28,28), got %r' % text)
-    return shape[-3:]
+    return parse_shape(text, ndim=(3, 4))[-3:]
 
 
 def read_classes(path):
@@ -162,7 +192,7 @@ def read_classes(path):
 
 def add_arguments(parser):
     """Options of ``python -m gluon_lcnn archive``."""
-    from .flops import add_model_arguments
+    from .flops import add_model_arguments, positive_int
     add_model_arguments(parser)   # --model, --classes, --arg KEY=VALUE as in `export`
     parser.add_argument('--params', required=True, help='trained parameters (save_parameters)')
     parser.add_argument('--out', required=True, help='directory for the .mar')
@@ -173,12 +203,12 @@ def add_arguments(parser):
                              '3,224,224 or 3,32,32 with thumbnail)')
     parser.add_argument('--mean', type=_floats, help='per-channel mean in [0, 1] units, a,b,c')
     parser.add_argument('--std', type=_floats, help='per-channel std in [0, 1] units, a,b,c')
-    parser.add_argument('--resize', type=int,
+    parser.add_argument('--resize', type=positive_int,
                         help='resize the shorter side to this, then centre-crop to H,W '
                              '(default: resize straight to H,W)')
-    parser.add_argument('--top-k', type=int, default=5)
-    parser.add_argument('--max-pixels', type=int, help='refuse larger images with HTTP 413 '
-                        '(default 25 megapixels)')
+    parser.add_argument('--top-k', type=positive_int, default=5)
+    parser.add_argument('--max-pixels', type=positive_int, help='refuse larger images with '
+                        'HTTP 413 (default 25 megapixels)')
     parser.add_argument('--kernel', choices=('auto', 'sparse', 'dense'), default='auto',
                         help='lookup-layer kernel for deploy.to_inference (default: auto, the '
                              'faster on the real input shape)')
@@ -190,18 +220,18 @@ def add_arguments(parser):
 def run(args):
     """Build the archive described by parsed ``args``; prints and returns 0."""
     from .export import default_input_shape
-    from .flops import parse_kwargs
-    from .model_zoo import get_model
-    if not os.path.isfile(args.params):
-        raise FileNotFoundError('archive: no parameter file at %s' % args.params)
+    from .flops import check_input_shape, make_model, parse_kwargs
+    check_params_file(args.params)   # before the classes file and the model are read
     classes = read_classes(args.classes_file) if args.classes_file else None
     kwargs = parse_kwargs(args.arg)
     num = args.classes or (len(classes) if classes else None)
     if num:
         kwargs['classes'] = num
-    net = get_model(args.model, **kwargs)
-    net.load_parameters(args.params, ctx=mx.cpu())
+    net = make_model(args.model, **kwargs)
+    load_parameters(net, args.params, ctx=mx.cpu(), model=args.model)
     shape = args.input_shape or default_input_shape(args.model.lower(), **kwargs)[1:]
+    check_input_shape(net, (1,) + tuple(shape), args.model,
+                      label='--input-shape ' + ','.join(map(str, shape)))
     if args.mean is None and args.std is None:
         # Easy to forget, and the answers are then silently wrong: say what will happen.
         print('gluon-lcnn archive: no --mean/--std given, the server feeds pixels/255 without '
@@ -216,6 +246,5 @@ def run(args):
 
 
 if __name__ == '__main__':
-    p = add_arguments(argparse.ArgumentParser(prog='python -m gluon_lcnn.archive',
-                                              description=__doc__.split('\n')[0]))
-    sys.exit(run(p.parse_args()))
+    from gluon_lcnn.__main__ import main
+    sys.exit(main(['archive'] + sys.argv[1:]))

@@ -12,8 +12,8 @@ import os
 
 import mxnet as mx
 
-from .flops import add_model_arguments, parse_kwargs, parse_shape
-from .model_zoo import get_model
+from .archive import load_parameters
+from .flops import add_model_arguments, check_input_shape, make_model, nchw_shape, parse_kwargs
 
 __all__ = ['export_model', 'default_input_shape', 'add_arguments', 'run']
 
@@ -39,6 +39,9 @@ def export_model(name, out_dir, params=None, input_shape=None, epoch=0, ctx=mx.c
         Created if missing; receives ``<name>-symbol.json`` and ``<name>-%04d.params``.
     params : str, optional
         A ``.params`` file written by ``net.save_parameters``; default: Xavier initialization.
+        A missing file, one that is no parameter file or holds another model's parameters is
+        refused (FileNotFoundError, ValueError), as are constructor arguments the model does
+        not take and an input shape it cannot (ValueError).
     input_shape : tuple, optional
         Input of the tracing forward pass; default ``default_input_shape(name, **kwargs)``.
     epoch : int, default 0
@@ -51,14 +54,13 @@ def export_model(name, out_dir, params=None, input_shape=None, epoch=0, ctx=mx.c
     """
     key = name.lower()
     kwargs.setdefault('prefix', key + '_')
-    net = get_model(key, **kwargs)
+    net = make_model(key, **kwargs)
     if params:
-        if not os.path.isfile(params):
-            raise FileNotFoundError('export: no parameter file at %s' % params)
-        net.load_parameters(params, ctx=ctx)
+        load_parameters(net, params, ctx=ctx, model=key)
     else:
         net.initialize(mx.init.Xavier(), ctx=ctx)
     shape = tuple(input_shape) if input_shape else default_input_shape(key, **kwargs)
+    check_input_shape(net, shape, key)
     net.hybridize()
     with mx.autograd.predict_mode():
         net(mx.nd.zeros(shape, ctx=ctx))
@@ -73,7 +75,7 @@ def add_arguments(parser):
     parser.add_argument('--out', required=True, help='output directory')
     parser.add_argument('--params', default=None,
                         help='trained parameters (net.save_parameters); default: random init')
-    parser.add_argument('--input-shape', type=parse_shape, default=None,
+    parser.add_argument('--input-shape', type=nchw_shape, default=None,
                         help='N,C,H,W for the tracing pass (default from the model: '
                              '1,3,224,224; 1,1,28,28 for LeNet; 32x32 with thumbnail)')
     parser.add_argument('--epoch', type=int, default=0)
