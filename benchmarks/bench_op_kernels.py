@@ -1,7 +1,7 @@
 """Single-op timing of the sparse-lookup kernel against MXNet's MKLDNN dense convolution.
 
-For each AlexNet LCNN-fast conv layer (DESIGN.md: shapes, dictionary sizes, published lookup
-densities) this times, in one process and on the same input:
+For each AlexNet LCNN-fast conv layer (the zoo's alexnet_lcnn_fast shapes and dictionary sizes,
+published lookup densities: model_zoo/common.py) this times, in one process and on the same input:
 
 - dense : mx.nd.Convolution with a dense weight of the layer's shape (MKLDNN),
 - lcnn  : mx.nd.lcnn_sparse_conv with the dictionary fused (x -> output, one call; what

@@ -1,6 +1,6 @@
 """LCNN against its dense twin: layer- and model-level comparisons, benchmarks/ and the CLI.
 
-Rules (DESIGN.md "Measuring speed honestly"): one process, the same input for every candidate,
+Rules (docs/ARCHITECTURE.md, "How speed is measured"): one process, the same input for every candidate,
 warm-up first, median of many runs, and every LCNN figure next to its dense twin measured in the
 same run (the timing primitives are in ``gluon_lcnn.timing``). MXNet fixes its thread count when
 it starts, so each thread setting runs in its own subprocess with OMP_NUM_THREADS set
@@ -382,7 +382,7 @@ def add_arguments(parser):
                         help='LCNN zoo model(s), e.g. alexnet_lcnn_fast; each is compared with '
                              'its dense twin (same family without _lcnn_*) in the same process')
     parser.add_argument('--density', default='published',
-                        help="lookup densities: 'published' (DESIGN.md per-layer values, random "
+                        help="lookup densities: 'published' (model_zoo.PUBLISHED_DENSITIES, random "
                              "P; the zoo's assumed ones for models without published values), "
                              "a float for every layer, or 'init' (as initialised)")
     parser.add_argument('--batch', type=int, nargs='+', default=[1, 32],

@@ -1,9 +1,10 @@
 """Timing primitives shared by to_inference's kernel choice, gluon_lcnn.benchmark, benchmarks/
 and tools/.
 
-How speed is measured here: in one process, on the same input for every candidate, warm-up runs
-first, then many timed runs with the candidates run alternately round by round (so a shared
-machine's changing load hits them alike), and the median of each candidate's runs is its time.
+How speed is measured (docs/ARCHITECTURE.md, "How speed is measured"): in one process, on the
+same input for every candidate, warm-up runs first, then many timed runs with the candidates run
+alternately round by round (so a shared machine's changing load hits them alike), and the median
+of each candidate's runs is its time.
 MXNet fixes its thread count when it starts, so comparisons across thread settings need one
 process per setting (``gluon_lcnn.benchmark.run_in_subprocess``).
 

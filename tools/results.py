@@ -24,8 +24,8 @@ import subprocess
 import sys
 import time
 
-# Latency is reported for one thread (a shared 2-core machine; see DESIGN.md). MXNet reads this
-# when it is first imported.
+# Latency is reported for one thread (a shared 2-core machine; docs/ARCHITECTURE.md, "How speed is
+# measured"). MXNet reads this when it is first imported.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,7 +20,7 @@ __all__ = ['conv2d', 'dense', 'conv_bn_relu', 'split_lookup_kwargs', 'sizes_tupl
 _LOOKUP_KEYS = ('initial_sparsity', 'l1_lambda', 'form')
 
 # Fraction of non-zero lookup entries per lookup layer reported for the published AlexNet
-# models (DESIGN.md: conv1..conv5, fc6, fc7). Used by `set_lookup_density(net, 'published')`,
+# models (conv1..conv5, fc6, fc7; docs/ARCHITECTURE.md, "How MACs are counted"). Used by `set_lookup_density(net, 'published')`,
 # `flops --density published` and the model benchmarks.
 PUBLISHED_DENSITIES = {
     'alexnet_lcnn_fast': (0.083, 0.034, 0.008, 0.013, 0.027, 0.001, 0.002),
