@@ -7,7 +7,6 @@ the handler's own code (deploy/mms/lcnn_service.py). Prints one JSON line per im
 ``{"image": path, "predictions": [{"class": ..., "probability": ...}, ...]}`` or
 ``{"image": path, "error": ..., "code": 4xx}``; the exit status is 1 if any image failed.
 """
-import argparse
 import json
 import os
 import shutil
@@ -15,7 +14,8 @@ import sys
 import tempfile
 import zipfile
 
-from .archive import _floats, _shape, load_handler, read_classes
+from .archive import _floats, _shape, check_params_file, load_handler, read_classes
+from .flops import positive_int
 
 __all__ = ['load_classifier', 'predict_files', 'add_arguments', 'run']
 
@@ -39,19 +39,42 @@ def load_classifier(model_dir=None, symbol=None, params=None, input_shape=None, 
             try:
                 with zipfile.ZipFile(model_dir) as z:
                     z.extractall(tmp)
-                return handler.ImageClassifier(tmp)
+                return _loading(model_dir, handler.ImageClassifier, tmp)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         if not os.path.isfile(os.path.join(model_dir, handler.SIGNATURE_FILE)):
             raise FileNotFoundError('%s is neither a .mar archive nor a directory with %s'
                                     % (model_dir, handler.SIGNATURE_FILE))
-        return handler.ImageClassifier(model_dir)
+        return _loading(model_dir, handler.ImageClassifier, model_dir)
     if not (symbol and params and input_shape):
         raise ValueError('need model_dir, or symbol, params and input_shape')
+    _check_file(symbol, 'symbol file')
+    check_params_file(params)
     signature = handler.make_signature(input_shape, mean=mean, std=std, resize=resize,
                                        top_k=top_k)
-    return handler.ImageClassifier.from_files(symbol, params, signature, classes=classes,
-                                              op_library=op_library)
+    return _loading('%s with %s' % (symbol, params), handler.ImageClassifier.from_files,
+                    symbol, params, signature, classes=classes, op_library=op_library)
+
+
+def _check_file(path, what):
+    """FileNotFoundError / ValueError unless ``path`` is an existing file, not a directory."""
+    if os.path.isdir(path):
+        raise ValueError('%s is a directory, not %s %s'
+                         % (path, 'an' if what[0] in 'aeiou' else 'a', what))
+    if not os.path.isfile(path):
+        raise FileNotFoundError('no %s at %s' % (what, path))
+
+
+def _loading(what, load, *args, **kwargs):
+    """``load(*args, **kwargs)``; what MXNet or Gluon raise on files that are not the model's
+    (garbage, another model's parameters, an input shape it cannot take) becomes one ValueError
+    naming ``what``."""
+    import mxnet as mx
+    from .flops import error_line
+    try:
+        return load(*args, **kwargs)
+    except (mx.base.MXNetError, AssertionError, ValueError) as err:
+        raise ValueError('cannot load the model %s: %s' % (what, error_line(err))) from err
 
 
 def predict_files(classifier, paths, batch_size=16):
@@ -76,16 +99,19 @@ def add_arguments(parser):
     parser.add_argument('--input-shape', type=_shape, help='C,H,W (with --symbol)')
     parser.add_argument('--mean', type=_floats, help='per-channel mean in [0, 1] units')
     parser.add_argument('--std', type=_floats, help='per-channel std in [0, 1] units')
-    parser.add_argument('--resize', type=int, help='shorter side before the centre crop')
+    parser.add_argument('--resize', type=positive_int, help='shorter side before the centre crop')
     parser.add_argument('--classes-file', help='class names, one per line (with --symbol)')
-    parser.add_argument('--top-k', type=int, help='how many classes to print (default: the '
-                        'archive\'s, or 5)')
-    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--top-k', type=positive_int, help='how many classes to print '
+                        '(default: the archive\'s, or 5)')
+    parser.add_argument('--batch-size', type=positive_int, default=16,
+                        help='images classified together (default 16)')
     return parser
 
 
 def run(args):
     """Classify ``args.images``; print JSON lines; return 0, or 1 if any image failed."""
+    for path in args.images:   # before the model is loaded
+        _check_file(path, 'image file')
     classifier = load_classifier(
         model_dir=args.model_dir, symbol=args.symbol, params=args.params,
         input_shape=args.input_shape, mean=args.mean, std=args.std, resize=args.resize,
@@ -105,6 +131,5 @@ def run(args):
 
 
 if __name__ == '__main__':
-    p = add_arguments(argparse.ArgumentParser(prog='python -m gluon_lcnn.predict',
-                                              description=__doc__.split('\n')[0]))
-    sys.exit(run(p.parse_args()))
+    from gluon_lcnn.__main__ import main
+    sys.exit(main(['predict'] + sys.argv[1:]))
