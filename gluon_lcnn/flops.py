@@ -192,16 +192,20 @@ class Profile:
 
 def probe_forward(net, input_shape, ctx, handles):
     """One imperative inference forward of zeros through ``net`` so its hooks (``handles``) see
-    every block; the hooks are detached and each block's hybridization restored afterwards."""
+    every block; the hooks are detached and each block's hybridization restored afterwards.
+
+    Blocks run imperatively by switching their ``_active`` flag off, not by ``hybridize(False)``:
+    that would warn about the hooks just attached ("is being hybridized while still having
+    forward hook/pre-hook") and reset the blocks' static_alloc / static_shape flags."""
     active = {}
 
-    def remember(block):
+    def deactivate(block):
         if isinstance(block, mx.gluon.HybridBlock):
             active[id(block)] = (block, block._active)
+            block._active = False
         for child in block._children.values():
-            remember(child)
-    remember(net)
-    net.hybridize(False)
+            deactivate(child)
+    deactivate(net)
     try:
         with mx.autograd.predict_mode():
             net(mx.nd.zeros(input_shape, ctx=ctx))

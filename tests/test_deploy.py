@@ -185,6 +185,24 @@ def test_auto_choice_is_measured_and_kept_in_the_graph(tmp_path):
     assert ops.count('lcnn_sparse_conv') == len(blocks_of(inf, SparseLookupConv2D))
 
 
+def test_shape_probe_hooks_raise_no_hybridize_warning():
+    # The shape pass hooks the layers it times; running it must not hybridize them with the
+    # hooks on (MXNet warns "is being hybridized while still having forward hook/pre-hook").
+    import warnings
+    net = get_model('lenet_lcnn_fast', classes=10, in_channels=1)
+    x = mx.nd.random.normal(shape=(1, 1, 28, 28))
+    prepared(net, x, density=0.2)
+    net.hybridize(static_alloc=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        inf = deploy.to_inference(net, input_shape=x.shape, repeat=2, warmup=1)
+        gluon_lcnn.flops.profile(net, x.shape)
+        inf.hybridize(static_alloc=True, static_shape=True)
+        inf(x)
+    assert not [w for w in caught if 'hook' in str(w.message)]
+    assert net._active and dict(net._flags)['static_alloc']   # hybridization restored as it was
+
+
 def test_export_import_round_trip_in_a_fresh_process(tmp_path):
     net = get_model('lenet_lcnn_fast')
     x = mx.nd.random.normal(shape=(2, 1, 28, 28))
