@@ -371,9 +371,32 @@ def _parse_density(text):
     if text == 'published':
         return 'published'
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError("--density must be 'published', 'init' or a float, got %r" % text)
+    if not 0 <= value <= 1:   # also refuses nan
+        raise ValueError('--density must be in [0, 1], got %r' % text)
+    return value
+
+
+def _density_option(text):
+    """argparse type of --density: the text, once ``_parse_density`` accepts it."""
+    import argparse
+    try:
+        _parse_density(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).replace('--density ', ''))
+    return text
+
+
+def _threads_option(text):
+    """argparse type of --threads: the text, once ``_thread_count`` accepts it."""
+    import argparse
+    try:
+        _thread_count(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('expected a positive integer or "all", got %r' % text)
+    return text
 
 
 def add_arguments(parser):
@@ -381,17 +404,19 @@ def add_arguments(parser):
     parser.add_argument('--model', nargs='+', required=True,
                         help='LCNN zoo model(s), e.g. alexnet_lcnn_fast; each is compared with '
                              'its dense twin (same family without _lcnn_*) in the same process')
-    parser.add_argument('--density', default='published',
+    parser.add_argument('--density', default='published', type=_density_option,
                         help="lookup densities: 'published' (model_zoo.PUBLISHED_DENSITIES, random "
                              "P; the zoo's assumed ones for models without published values), "
                              "a float for every layer, or 'init' (as initialised)")
-    parser.add_argument('--batch', type=int, nargs='+', default=[1, 32],
+    parser.add_argument('--batch', type=flops.positive_int, nargs='+', default=[1, 32],
                         help='batch sizes (1 = latency, larger = throughput)')
-    parser.add_argument('--threads', nargs='+', default=['1', 'all'],
+    parser.add_argument('--threads', type=_threads_option, nargs='+', default=['1', 'all'],
                         help="thread settings, each run in its own subprocess with "
                              "OMP_NUM_THREADS set; 'all' = every core")
-    parser.add_argument('--size', type=int, default=224, help='input height and width')
-    parser.add_argument('--repeat', type=int, default=20, help='timed runs per measurement')
+    parser.add_argument('--size', type=flops.positive_int, default=224,
+                        help='input height and width')
+    parser.add_argument('--repeat', type=flops.positive_int, default=20,
+                        help='timed runs per measurement')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--breakdown', action='store_true',
                         help='also time every layer of both nets, alone and inside the net, at '
@@ -404,7 +429,10 @@ def add_arguments(parser):
 def _thread_count(setting):
     if setting == 'all':
         return os.cpu_count() or 1
-    n = int(setting)
+    try:
+        n = int(setting)
+    except ValueError:
+        n = 0
     if n < 1:
         raise ValueError('--threads: expected a positive int or "all", got %r' % setting)
     return n
@@ -455,17 +483,38 @@ def run(args):
     """Entry of `python -m gluon_lcnn benchmark`: print the markdown tables, return the rows."""
     density = _parse_density(args.density)
     from .model_zoo import list_models
+    from .model_zoo.common import ASSUMED_DENSITIES
+    for value, option in ((args.batch, '--batch'), (args.size, '--size'),
+                          (args.repeat, '--repeat')):
+        if min(value if isinstance(value, list) else [value]) < 1:
+            raise ValueError('%s must be >= 1, got %r' % (option, value))
+    shape = (max(args.batch), 3, args.size, args.size)
     for name in args.model:
         if name.lower() not in list_models():
             raise ValueError('unknown model %r; LCNN models: %s' % (
                 name, ', '.join(n for n in list_models() if 'lcnn' in n)))
-        dense_twin_name(name)
+        twin = dense_twin_name(name)
+        if density == 'published' and name.lower() not in dict(ASSUMED_DENSITIES,
+                                                               **PUBLISHED_DENSITIES):
+            raise ValueError("--density published: the zoo has no densities for %s; give a "
+                             "float or 'init'" % name)
+        # Before any subprocess: the input must fit both nets (shape inference only).
+        for model in (name, twin):
+            flops.check_input_shape(get_model(model), shape, model,
+                                    label='--batch %d --size %d' % (shape[0], args.size))
     job = dict(kind='models', models=args.model, batches=args.batch, density=density,
                size=args.size, seed=args.seed, repeat=args.repeat, breakdown=args.breakdown)
     rows = []
     for setting in args.threads:
         threads = _thread_count(setting)
-        rows.extend(run_in_subprocess(job, threads))
+        try:
+            rows.extend(run_in_subprocess(job, threads))
+        except RuntimeError as err:
+            # The worker refused its input in one line (see the end of this file): pass it on.
+            last = str(err).strip().splitlines()[-1]
+            if not last.startswith(_WORKER_ERROR):
+                raise
+            raise ValueError(last[len(_WORKER_ERROR):]) from None
     text = render_models(rows)
     print(text)
     if args.json:
@@ -477,10 +526,18 @@ def run(args):
     return rows
 
 
+_WORKER_ERROR = 'benchmark worker: error: '
+
 if __name__ == '__main__':
     if len(sys.argv) == 3 and sys.argv[1] == '--worker':
-        print(json.dumps(_worker(json.loads(sys.argv[2]))))
+        try:
+            result = _worker(json.loads(sys.argv[2]))
+        except ValueError as err:   # input the library refuses: one line for run() to pass on
+            if os.environ.get('GLUON_LCNN_TRACEBACK'):
+                raise
+            print(_WORKER_ERROR + flops.error_line(err), file=sys.stderr)
+            sys.exit(2)
+        print(json.dumps(result))
     else:
-        import argparse
-        run(add_arguments(argparse.ArgumentParser(
-            description='LCNN vs dense twin benchmark')).parse_args())
+        from gluon_lcnn.__main__ import main
+        sys.exit(main(['benchmark'] + sys.argv[1:]))
