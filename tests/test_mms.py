@@ -7,6 +7,7 @@ stopped by the fixture finalizer whatever happens. Budget: 35-110 s on 2 shared 
 (measured; mostly the 120 training steps and the JVM + worker start-up).
 """
 import concurrent.futures
+import io
 import json
 import os
 import random
@@ -240,6 +241,104 @@ def test_preprocess_matches_manual_pipeline(rgb):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def _jpeg(pixels, *params):
+    return cv2.imencode('.jpg', pixels, list(params))[1].tobytes()
+
+
+def _png_of_size(width, height):
+    """A black gray PNG: a thin strip of a million pixels is about 1 KB."""
+    from PIL import Image
+    out = io.BytesIO()
+    Image.new('L', (width, height)).save(out, 'PNG')
+    return out.getvalue()
+
+
+def _damaged_jpegs(jpeg, seed=0):
+    """(name, bytes): the JPEG cut short, and its header followed by garbage."""
+    rng = np.random.RandomState(seed)
+    sos = jpeg.index(b'\xff\xda')   # OpenCV writes no thumbnail: the first SOS is the scan
+    data = sos + 2 + int.from_bytes(jpeg[sos + 2:sos + 4], 'big')
+    return [('half', jpeg[:len(jpeg) // 2]), ('90%', jpeg[:len(jpeg) * 9 // 10]),
+            ('no end marker', jpeg[:-2]),
+            ('header + garbage', jpeg[:data] + rng.bytes(len(jpeg) - data)),
+            ('garbage inside', jpeg[:data + 40] + b'\xff\x3a' + rng.bytes(200)
+             + jpeg[data + 242:])]
+
+
+def _fashion_pixels(fashion, i=0):
+    return cv2.imdecode(np.frombuffer(fashion['pngs'][i], np.uint8), cv2.IMREAD_GRAYSCALE)
+
+
+def test_truncated_or_corrupt_images_get_400(fashion, rgb):
+    """OpenCV decodes these without complaint (a half JPEG came back "sneaker" 0.70)."""
+    gray = handler.make_signature((1, 28, 28))
+    color = handler.make_signature((3, 28, 28), resize=32)
+    pixels = _fashion_pixels(fashion)
+    jpegs = [('fashion', _jpeg(pixels), gray),
+             ('progressive', _jpeg(pixels, cv2.IMWRITE_JPEG_PROGRESSIVE, 1), gray),
+             ('restart markers', _jpeg(pixels, cv2.IMWRITE_JPEG_RST_INTERVAL, 1), gray),
+             ('photo', rgb['photo'], color)]
+    for name, jpeg, sig in jpegs:
+        assert handler.preprocess(jpeg, sig).shape == tuple(sig['data_shape'][1:])
+        # Bytes after the end-of-image marker are allowed (some cameras append data).
+        assert handler.preprocess(jpeg + b'\0' * 64, sig).shape == tuple(sig['data_shape'][1:])
+        for damage, body in _damaged_jpegs(jpeg):
+            with pytest.raises(handler.RequestError) as e:
+                handler.preprocess(body, sig)
+            assert e.value.status == 400, (name, damage)
+            assert 'truncated or corrupt JPEG' in e.value.message, (name, damage)
+    png = fashion['pngs'][0]
+    flipped = bytearray(png)
+    flipped[len(png) // 2] ^= 0xFF   # inside IDAT: its CRC no longer matches
+    for body in (png[:len(png) // 2], png[:-2], bytes(flipped)):
+        with pytest.raises(handler.RequestError) as e:
+            handler.preprocess(body, gray)
+        assert e.value.status == 400 and 'PNG' in e.value.message
+
+
+def test_pixel_limit_counts_the_resized_image():
+    """--resize scales the shorter side: a 1 KB 1 x 1,000,000 PNG would become 256 x 256e6."""
+    sig = handler.make_signature((3, 224, 224), resize=256)
+    for width, height in ((1, 1000000), (1000000, 1)):
+        strip = _png_of_size(width, height)
+        assert len(strip) < 5000
+        with pytest.raises(handler.RequestError) as e:
+            handler.preprocess(strip, sig)
+        assert e.value.status == 413 and 'after resizing its shorter side to 256' in \
+            e.value.message
+    small = handler.make_signature((3, 28, 28), resize=32, max_pixels=1000000)
+    with pytest.raises(handler.RequestError) as e:   # 1 x 60,000 -> 32 x 1,920,000
+        handler.preprocess(_png_of_size(1, 60000), small)
+    assert e.value.status == 413 and '32x1920000' in e.value.message
+    # A panorama stays well inside the limit; the check uses the size _resize produces.
+    assert handler.preprocess(_png_of_size(1000, 250), sig).shape == (3, 224, 224)
+    assert handler.resized_size(1000, 250, 256, 224, 224) == (1024, 256)
+    assert handler.resized_size(1000, 250, None, 224, 224) == (224, 224)
+
+
+def test_decoder_failure_fails_only_that_image(fashion, monkeypatch):
+    """An OpenCV error (or any other) while preparing one image answers that image only."""
+    from gluon_lcnn.predict import load_classifier
+    classifier = load_classifier(model_dir=fashion['mar'])
+    pngs = fashion['pngs']
+    real = cv2.imdecode
+
+    def imdecode(buf, flags):
+        if buf.tobytes() == pngs[1]:
+            raise cv2.error('OpenCV(4.8.1) loadsave.cpp:79: error: (-215:Assertion failed) '
+                            'pixels <= CV_IO_MAX_IMAGE_PIXELS')
+        if buf.tobytes() == pngs[3]:
+            raise MemoryError()
+        return real(buf, flags)
+    monkeypatch.setattr(handler.cv2, 'imdecode', imdecode)
+    results = classifier.classify(pngs[:5])
+    assert [r.status if isinstance(r, handler.RequestError) else 200 for r in results] == \
+        [200, 400, 200, 500, 200]
+    assert 'could not decode' in results[1].message
+    for i in (0, 2, 4):
+        assert results[i][0]['class'] == fashion['classes'][int(fashion['probs'][i].argmax())]
+
+
 def test_make_signature_validates():
     with pytest.raises(ValueError, match='channels'):
         handler.make_signature((2, 28, 28))
@@ -431,6 +530,26 @@ def test_server_bad_inputs_get_4xx_and_worker_survives(server, fashion):
         assert server.healthy()
     r = server.predict('fashion', fashion['pngs'][0])
     assert r.status_code == 200 and r.json()[0]['class']
+
+
+def test_server_truncated_corrupt_and_thin_images(server, fashion, rgb):
+    """Damaged JPEG/PNGs get 400 and a thin strip 413 (rgb resizes to 32), each with a
+    message; the worker keeps answering."""
+    jpeg = _jpeg(_fashion_pixels(fashion))
+    r = server.predict('fashion', jpeg)
+    assert r.status_code == 200, r.text
+    cases = [('fashion', body, 400) for _, body in _damaged_jpegs(jpeg)]
+    cases += [('rgb', rgb['photo'][:len(rgb['photo']) // 2], 400),
+              ('fashion', fashion['pngs'][0][:-2], 400),
+              ('rgb', _png_of_size(1, 1000000), 413)]
+    for model, body, code in cases:
+        r = server.predict(model, body)
+        assert r.status_code == code, (model, code, r.status_code, r.text)
+        err = r.json()
+        assert err['code'] == code and err['error']
+    assert server.healthy()
+    r = server.predict('rgb', rgb['photo'])
+    assert r.status_code == 200 and r.json()[0]['class'] in rgb['classes']
 
 
 def test_server_mixed_batch_per_request_status(server, fashion):

@@ -1,8 +1,8 @@
 """MXNet Model Server handler for gluon-lcnn image classifiers.
 
 Self-contained on purpose: the MMS worker may run without gluon_lcnn installed, so this file
-needs only mxnet, numpy and OpenCV. ``python -m gluon_lcnn archive`` packs it into a ``.mar``
-next to these files::
+needs only mxnet, numpy, OpenCV and Pillow (which MMS itself requires). ``python -m gluon_lcnn
+archive`` packs it into a ``.mar`` next to these files::
 
     signature.json        input name/shape, mean/std, resize, top_k, max_pixels, file names
     synset.txt            one class name per line, in output order
@@ -11,23 +11,26 @@ next to these files::
     liblcnn_ops.so        the sparse operator library the symbol calls (loaded before the symbol)
 
 Every request is one JPEG or PNG image (raw body or a multipart field). The answer is JSON,
-``[{"class": name, "probability": p}, ...]`` best first; a body that is empty, not a JPEG/PNG,
-undecodable or larger than ``max_pixels`` gets a 4xx status and ``{"error": ..., "code": ...}``
-for that request only, so the rest of an MMS batch and the worker are unaffected.
+``[{"class": name, "probability": p}, ...]`` best first; a body that is empty (400), not a
+JPEG/PNG (415), truncated, corrupt or undecodable (400), or of more than ``max_pixels`` pixels
+before or after the ``resize`` of its shorter side (413) gets that status and
+``{"error": ..., "code": ...}`` for that request only, so the rest of an MMS batch and the
+worker are unaffected.
 ``python -m gluon_lcnn predict`` runs the same code in-process.
 """
+import io
 import json
 import logging
 import os
-import struct
 import warnings
 
 import cv2
 import mxnet as mx
 import numpy as np
+from PIL import Image, ImageFile
 
-__all__ = ['RequestError', 'image_size', 'preprocess', 'make_signature', 'ImageClassifier',
-           'handle']
+__all__ = ['RequestError', 'image_size', 'resized_size', 'preprocess', 'make_signature',
+           'ImageClassifier', 'handle']
 
 SIGNATURE_FILE = 'signature.json'
 SYNSET_FILE = 'synset.txt'
@@ -49,54 +52,152 @@ class RequestError(Exception):
 
 # --------------------------------------------------------------------------- image input
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
-# JPEG start-of-frame markers carry the size; C4 (DHT), C8 (JPG) and CC (DAC) are not frames.
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_MAGIC = b'\xff\xd8'
+# Pillow's names -> ours; MPO is a JPEG with extra frames (Pillow identifies it by its APP2).
+_FORMATS = {'JPEG': 'jpeg', 'MPO': 'jpeg', 'PNG': 'png'}
+
+
+def _open_image(data):
+    """(format, PIL image) of encoded bytes: Pillow parses the header only, no pixels yet.
+
+    RequestError 415 for content that is neither JPEG nor PNG, 400 for one that starts like
+    them but has a truncated or malformed header, 413 for Pillow's decompression-bomb guard
+    (more than twice ``PIL.Image.MAX_IMAGE_PIXELS``).
+    """
+    claimed = 'png' if data.startswith(_PNG_MAGIC) else (
+        'jpeg' if data.startswith(_JPEG_MAGIC) else None)
+    if claimed is None:
+        raise RequestError(415, 'unsupported content: expected a JPEG or PNG image (%d bytes, '
+                                'starting %r)' % (len(data), bytes(data[:8])))
+    try:
+        with warnings.catch_warnings():
+            # Our own max_pixels decides; Pillow's warning below its hard limit is noise.
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=('JPEG', 'PNG'))
+    except Image.DecompressionBombError as e:
+        raise RequestError(413, 'image refused before decoding: %s' % e) from None
+    except Exception as e:   # any parse failure of untrusted bytes is the request's fault
+        raise RequestError(400, 'truncated or malformed %s header (%d bytes): %s'
+                                % (claimed.upper(), len(data), _one_line(e))) from None
+    fmt = _FORMATS.get(img.format)
+    if fmt != claimed:
+        raise RequestError(400, 'malformed %s: read as %s' % (claimed.upper(), img.format))
+    return fmt, img
+
+
+def _one_line(err):
+    text = str(err).strip().splitlines()
+    return text[-1].strip() if text else type(err).__name__
 
 
 def image_size(data):
     """(format, width, height) read from a PNG or JPEG header, without decoding the pixels.
 
     Reading the header first lets a pixel-count limit reject a decompression bomb before
-    OpenCV allocates it. Raises RequestError 415 for other formats and 400 for a truncated
-    or malformed header.
+    anything allocates it. Raises RequestError 415 for other formats, 400 for a truncated or
+    malformed header and 413 past Pillow's decompression-bomb limit.
     """
-    if data.startswith(_PNG_MAGIC):
-        if len(data) < 24 or data[12:16] != b'IHDR':
-            raise RequestError(400, 'truncated PNG: no IHDR header')
-        width, height = struct.unpack('>II', data[16:24])
-        return 'png', width, height
-    if data.startswith(b'\xff\xd8'):
-        pos = 2
-        while pos + 4 <= len(data):
-            if data[pos] != 0xFF:
-                raise RequestError(400, 'malformed JPEG: bad marker at byte %d' % pos)
-            marker = data[pos + 1]
-            if marker == 0xFF:              # fill byte before a marker
+    fmt, img = _open_image(data)
+    return (fmt,) + tuple(img.size)
+
+
+# Markers that may sit between the scans of a progressive JPEG, each with a length: DHT, DAC,
+# SOS, DQT, DNL, DRI, APPn, COM.
+_JPEG_SEGMENTS = {0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE} | set(range(0xE0, 0xF0))
+
+
+def _jpeg_stream_problem(data):
+    """Why the marker structure of a JPEG is broken, or None when it is sound.
+
+    Walks the header segments by their lengths to the first start-of-scan, then the
+    entropy-coded data: there a 0xFF byte may only be stuffing (FF 00), fill (FF FF), a
+    restart marker (FF D0-D7), a table or scan header of a progressive JPEG, or the
+    end-of-image marker FF D9, which must come (bytes after it are ignored: some cameras append
+    data). Garbage after a valid header rarely passes: it has no end-of-image marker, or a
+    0xFF followed by anything else.
+    """
+    n, pos, scan = len(data), 2, False
+    while True:
+        if not scan:   # a header segment starts at pos
+            while pos + 1 < n and data[pos] == 0xFF and data[pos + 1] == 0xFF:
                 pos += 1
+            if pos + 4 > n:
+                return 'the data ends at byte %d, before the image data' % n
+            if data[pos] != 0xFF:   # junk between segments: skipped, as libjpeg does
+                pos = data.find(b'\xff', pos)
+                if pos < 0:
+                    return 'no image data after the header'
                 continue
-            if marker in (0x01,) or 0xD0 <= marker <= 0xD7:   # markers without a length
+            marker = data[pos + 1]
+            if marker == 0xD9:
+                return 'end-of-image marker at byte %d before any image data' % pos
+            if marker == 0x01 or 0xD0 <= marker <= 0xD7:   # TEM, RSTn: no length
                 pos += 2
                 continue
-            if marker in (0xD9, 0xDA):      # end of image / start of scan before any frame
-                break
-            (length,) = struct.unpack('>H', data[pos + 2:pos + 4])
-            if marker in _JPEG_SOF:
-                if pos + 9 > len(data):
-                    break
-                height, width = struct.unpack('>HH', data[pos + 5:pos + 9])
-                return 'jpeg', width, height
+            length = int.from_bytes(data[pos + 2:pos + 4], 'big')
+            if length < 2:
+                return 'segment 0xFF%02X at byte %d has length %d' % (marker, pos, length)
             pos += 2 + length
-        raise RequestError(400, 'truncated or malformed JPEG: no frame header')
-    raise RequestError(415, 'unsupported content: expected a JPEG or PNG image (%d bytes, '
-                            'starting %r)' % (len(data), bytes(data[:8])))
+            scan = marker == 0xDA
+            continue
+        ff = data.find(b'\xff', pos)
+        if ff < 0 or ff + 1 >= n:
+            return 'no end-of-image marker after the image data'
+        marker = data[ff + 1]
+        if marker == 0xD9:
+            return None
+        if marker == 0xFF:
+            pos = ff + 1
+        elif marker == 0x00 or 0xD0 <= marker <= 0xD7:
+            pos = ff + 2
+        elif marker in _JPEG_SEGMENTS:
+            pos, scan = ff, False
+        else:
+            return 'corrupt image data: marker 0xFF%02X at byte %d' % (marker, ff)
+
+
+def _check_complete(fmt, img, data):
+    """RequestError 400 unless the whole encoded image is there and intact.
+
+    OpenCV decodes a truncated JPEG, or a valid header followed by garbage, without an error
+    (the missing part comes out grey or smeared), so the data is checked first: a JPEG must
+    have a sound marker structure up to its end-of-image marker (``_jpeg_stream_problem``); a
+    PNG has the CRC of every chunk checked up to IEND (Pillow's ``verify``), and OpenCV refuses
+    a PNG whose compressed data ends early. JPEG carries no checksum: damage inside its coded
+    data that keeps the marker structure intact can still pass.
+    """
+    if fmt == 'jpeg':
+        problem = _jpeg_stream_problem(data)
+        if problem:
+            raise RequestError(400, 'truncated or corrupt JPEG: %s' % problem)
+        return
+    # A process-wide switch that other code may have turned on (gluoncv.data does on import);
+    # it would let verify skip bad checksums.
+    tolerant, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    try:
+        img.verify()
+    except Exception as e:   # OSError, SyntaxError, struct.error ... from the bytes
+        raise RequestError(400, 'truncated or corrupt PNG: %s' % _one_line(e)) from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
+
+
+def resized_size(width, height, shorter, out_h, out_w):
+    """(width, height) of the image ``preprocess`` resizes to before its centre crop."""
+    if not shorter:
+        return out_w, out_h
+    scale = float(shorter) / min(height, width)
+    return max(out_w, int(round(width * scale))), max(out_h, int(round(height * scale)))
 
 
 def preprocess(data, signature):
     """Encoded image bytes -> float32 array (C, H, W) as the model expects it.
 
-    Decodes with OpenCV (gray or RGB as ``signature['channels']``), resizes (shorter side to
-    ``resize`` then a centre crop, or straight to the input size when ``resize`` is None),
-    scales to [0, 1] and normalises with the signature's per-channel mean and std.
+    Checks the header (format, pixel count, and the pixel count after resizing), then that the
+    data is complete, then decodes with OpenCV (gray or RGB as ``signature['channels']``),
+    resizes (shorter side to ``resize`` then a centre crop, or straight to the input size when
+    ``resize`` is None), scales to [0, 1] and normalises with the signature's per-channel mean
+    and std. Every problem with the image is a RequestError (4xx) for this image only.
     """
     if isinstance(data, (bytearray, memoryview)):
         data = bytes(data)
@@ -104,7 +205,8 @@ def preprocess(data, signature):
         raise RequestError(415, 'expected an image body, got %s' % type(data).__name__)
     if not data:
         raise RequestError(400, 'empty request body: send a JPEG or PNG image')
-    _, width, height = image_size(data)
+    fmt, pil_image = _open_image(data)
+    width, height = pil_image.size
     max_pixels = int(signature.get('max_pixels', DEFAULT_MAX_PIXELS))
     if width * height > max_pixels:
         raise RequestError(413, 'image of %dx%d pixels exceeds the limit of %d pixels'
@@ -112,13 +214,33 @@ def preprocess(data, signature):
     if width == 0 or height == 0:
         raise RequestError(400, 'image header says %dx%d pixels' % (width, height))
     channels, out_h, out_w = signature['data_shape'][1:]
+    shorter = signature.get('resize')
+    new_w, new_h = resized_size(width, height, shorter, out_h, out_w)
+    if new_w * new_h > max_pixels:
+        # A thin strip (1 x 60,000) is tiny encoded but huge once its shorter side is scaled up.
+        raise RequestError(413, 'image of %dx%d pixels would be %dx%d after resizing its '
+                                'shorter side to %d, more than the limit of %d pixels'
+                                % (width, height, new_w, new_h, shorter, max_pixels))
+    _check_complete(fmt, pil_image, data)
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    except cv2.error as e:
+        raise RequestError(400, 'could not decode the %s: %s' % (fmt.upper(), _one_line(e))
+                           ) from None
     if img is None:
-        raise RequestError(400, 'could not decode the image (corrupt or truncated JPEG/PNG)')
-    if channels == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    img = _resize(img, signature.get('resize'), out_h, out_w)
+        raise RequestError(400, 'could not decode the image (corrupt or truncated %s)'
+                                % fmt.upper())
+    if sorted(img.shape[:2]) != sorted((height, width)):   # EXIF rotation may swap them
+        raise RequestError(400, 'corrupt %s: header says %dx%d pixels, decoded %dx%d'
+                                % (fmt.upper(), width, height, img.shape[1], img.shape[0]))
+    try:
+        if channels == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = _resize(img, shorter, out_h, out_w)
+    except cv2.error as e:
+        raise RequestError(400, 'could not resize the %dx%d image: %s'
+                                % (width, height, _one_line(e))) from None
     img = img.reshape(out_h, out_w, channels).astype(np.float32) / 255.0
     img = (img - np.asarray(signature['mean'], np.float32)) / np.asarray(signature['std'],
                                                                         np.float32)
@@ -128,8 +250,7 @@ def preprocess(data, signature):
 def _resize(img, shorter, out_h, out_w):
     h, w = img.shape[:2]
     if shorter:
-        scale = float(shorter) / min(h, w)
-        new_w, new_h = max(out_w, int(round(w * scale))), max(out_h, int(round(h * scale)))
+        new_w, new_h = resized_size(w, h, shorter, out_h, out_w)
         img = cv2.resize(img, (new_w, new_h), interpolation=_interpolation(h * w, new_h * new_w))
         top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
         return img[top:top + out_h, left:left + out_w]
@@ -300,6 +421,10 @@ class ImageClassifier(object):
                 valid.append(i)
             except RequestError as e:
                 results[i] = e
+            except Exception as e:   # a bug or a library failure: this image only, logged
+                logger.exception('preprocessing request %d of the batch failed', i)
+                results[i] = RequestError(500, 'internal error while preprocessing the image: '
+                                               '%s: %s' % (type(e).__name__, _one_line(e)))
         if arrays:
             probs = self.probabilities(np.stack(arrays))   # one forward for the whole batch
             for i, p in zip(valid, probs):
@@ -312,7 +437,8 @@ class ImageClassifier(object):
 
 # --------------------------------------------------------------------------- MMS entry point
 _classifier = None
-_PHRASES = {400: 'Bad Request', 413: 'Payload Too Large', 415: 'Unsupported Media Type'}
+_PHRASES = {400: 'Bad Request', 413: 'Payload Too Large', 415: 'Unsupported Media Type',
+            500: 'Internal Server Error'}
 
 
 def _request_body(row):
