@@ -14,23 +14,11 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gluon_lcnn import benchmark  # noqa: E402
-
-
-def _cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from gluon_lcnn import benchmark, timing  # noqa: E402
 
 
 def main():
@@ -46,9 +34,7 @@ def main():
     rows = benchmark.run(args)
     command = ' '.join(['.venv/bin/python', 'benchmarks/bench_models.py'] + sys.argv[1:])
     when = datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M UTC')
-    machine = '%s, %d cores, load average %s' % (_cpu_name(),
-                                                 os.cpu_count() or 0,
-                                                 ' '.join('%.1f' % v for v in os.getloadavg()))
+    machine = timing.machine_summary()
     with open(json_path, 'w') as f:
         json.dump({'command': command, 'date': when, 'machine': machine, 'rows': rows}, f,
                   indent=1)

@@ -10,13 +10,15 @@ process per setting (``gluon_lcnn.benchmark.run_in_subprocess``).
 
 ``time_calls_interleaved`` is that loop; everything else here wraps it.
 """
+import os
+import platform
 import time
 
 import mxnet as mx
 import numpy as np
 
 __all__ = ['time_calls_interleaved', 'time_blocks_interleaved', 'time_call', 'time_block',
-           'medians']
+           'medians', 'machine_summary']
 
 
 def _wait(out):
@@ -95,3 +97,18 @@ def time_block(block, x, repeat=30, warmup=5, max_seconds=None, hybridize=True):
         with mx.autograd.predict_mode():
             return block(x)
     return time_call(once, repeat=repeat, warmup=warmup, max_seconds=max_seconds)
+
+
+def machine_summary():
+    """'CPU model, N cores, load average a b c': the line results documents state."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    cpu = line.split(':', 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return '%s, %d cores, load average %s' % (cpu, os.cpu_count() or 0,
+                                                ' '.join('%.1f' % v for v in os.getloadavg()))

@@ -15,6 +15,8 @@ import numpy as np
 __all__ = ['init_horovod', 'LocalHorovod', 'allreduce_sums', 'broadcast_parameters',
            'average_aux_states',
            'learning_rate', 'save_checkpoint', 'load_checkpoint', 'write_json_atomic',
+           'CheckpointError', 'read_checkpoint_json', 'verify_params', 'load_params_file',
+           'load_states_file', 'file_sha256',
            'evaluate', 'topk_correct', 'params_digest', 'format_density', 'parse_model_args']
 
 CHECKPOINT_FILE = 'checkpoint.json'

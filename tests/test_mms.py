@@ -371,13 +371,14 @@ def test_archive_contents(fashion):
 
 
 def test_training_graph_archive_gives_the_same_answers(fashion, work):
-    """inference=False exports the trained graph (BN, thresholding custom op) as it is."""
+    """inference=False exports the trained graph (BN, native thresholding) as it is."""
     from gluon_lcnn.predict import load_classifier
     mar = archive.export_archive(fashion['net'], str(work / 'plain'), 'plain', (1, 28, 28),
                                  mean=fashion_mnist.MEAN, std=fashion_mnist.STD, top_k=10,
                                  inference=False)
     with zipfile.ZipFile(mar) as z:
-        assert 'Custom' in {n['op'] for n in json.loads(z.read('model-symbol.json'))['nodes']}
+        ops = {n['op'] for n in json.loads(z.read('model-symbol.json'))['nodes']}
+    assert 'BatchNorm' in ops and '_greater_scalar' in ops and 'Custom' not in ops
     answers = load_classifier(model_dir=mar).classify(fashion['pngs'][:8])
     for top, ref in zip(answers, fashion['probs']):
         got = sorted((int(e['class']), e['probability']) for e in top)

@@ -13,7 +13,6 @@ installed) the same code runs as one process. ``--dataset fashion-mnist`` swaps 
 input for Fashion-MNIST (see train_fashion_mnist.py); ``--synthetic`` feeds random tensors.
 """
 import argparse
-import json
 import os
 import time
 
