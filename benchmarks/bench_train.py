@@ -2,8 +2,9 @@
 """Training-step benchmark: one full step (forward, backward, optimizer update) of every
 ``*_lcnn_fast`` / ``*_lcnn_accurate`` zoo model against its dense twin.
 
-Each thread setting runs in its own subprocess with OMP_NUM_THREADS set (MXNet fixes its thread
-count at start). Inside it an LCNN model and its dense twin are built with random weights,
+Each (thread setting, model, form) runs in its own subprocess with OMP_NUM_THREADS set (MXNet
+fixes its thread count at start; one form per process keeps peak memory to two models). Inside
+it an LCNN model and its dense twin are built with random weights,
 hybridized with static memory, and their steps timed alternately on the same random batch (NAG
 with momentum and weight decay, as train_imagenet.py; the LCNN loss includes the L1 penalty),
 median of ``--repeat`` rounds after warm-up. Each LCNN model runs with every ``--form``:
@@ -17,7 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,17 +37,6 @@ PAIRS = [
     ('lenet_lcnn_accurate', 'lenet', (1, 28, 28), 10),
 ]
 FORMS = ('auto', 'factored', 'composed')
-
-
-def _cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_step(name, shape, classes, batch, form=None, seed=0):
@@ -86,7 +75,7 @@ def build_step(name, shape, classes, batch, form=None, seed=0):
 
 
 def run_pair(job):
-    """Time one LCNN model in every form against its dense twin, interleaved."""
+    """Time one LCNN model in the job's forms against its dense twin, interleaved."""
     from gluon_lcnn.timing import time_calls_interleaved, medians
     name, twin, shape, classes = job['pair']
     steps, labels, chosen = [], [], {}
@@ -122,8 +111,10 @@ def in_subprocess(kind, job, threads):
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), '--worker', kind,
                            json.dumps(job)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError('%s worker failed (OMP_NUM_THREADS=%d):\n%s'
-                           % (kind, threads, proc.stderr[-3000:]))
+        raise RuntimeError('%s worker %s failed (OMP_NUM_THREADS=%d, exit code %d%s):\n%s'
+                           % (kind, job, threads, proc.returncode,
+                              ', killed: out of memory?' if proc.returncode < 0 else '',
+                              proc.stderr[-3000:]))
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -173,11 +164,12 @@ def main(argv=None):
     rows = []
     for threads in args.threads:
         for pair in pairs:
-            row = in_subprocess('time', dict(pair=pair, batch=args.batch, forms=args.form,
-                                             repeat=args.repeat, warmup=args.warmup,
-                                             threads=threads), threads)
-            rows.append(row)
-            print(render([row], []), flush=True)
+            for form in args.form:
+                row = in_subprocess('time', dict(pair=pair, batch=args.batch, forms=[form],
+                                                 repeat=args.repeat, warmup=args.warmup,
+                                                 threads=threads), threads)
+                rows.append(row)
+                print(render([row], []), flush=True)
     memory = []
     if args.memory:
         seen = set()
@@ -193,8 +185,8 @@ def main(argv=None):
     command = ' '.join(['.venv/bin/python', 'benchmarks/bench_train.py'] +
                        (sys.argv[1:] if argv is None else list(argv)))
     when = datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M UTC')
-    machine = '%s, %d cores, load average at the end %s' % (
-        _cpu_name(), os.cpu_count() or 0, ' '.join('%.1f' % v for v in os.getloadavg()))
+    from gluon_lcnn.timing import machine_summary
+    machine = machine_summary() + ' (at the end)'
     text = render(rows, memory)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + '.json', 'w') as f:
