@@ -1,8 +1,9 @@
 """Command line: ``python -m gluon_lcnn COMMAND [options]`` (console script ``gluon-lcnn``).
 
 Each command lives in its own module providing ``add_arguments(parser)`` and ``run(args)``;
-the module is imported only when its command runs, so one missing or broken command leaves the
-others working and says clearly what is wrong.
+the top-level parser has one argparse subcommand per entry of ``COMMANDS``, and only the module
+of the command being run is imported (its options added to its subparser), so one missing or
+broken command leaves the others working and says clearly what is wrong.
 """
 import argparse
 import importlib
@@ -10,24 +11,18 @@ import os
 import re
 import sys
 
+# command -> (module, one-line help for `gluon-lcnn --help`)
 COMMANDS = {
-    'flops': 'gluon_lcnn.flops',
-    'export': 'gluon_lcnn.export',
-    'benchmark': 'gluon_lcnn.benchmark',
-    'archive': 'gluon_lcnn.archive',
-    'predict': 'gluon_lcnn.predict',
+    'flops': ('gluon_lcnn.flops',
+              'per-layer MACs/params of a zoo model, dense-equivalent vs lookup'),
+    'export': ('gluon_lcnn.export',
+               'write NAME-symbol.json + NAME-0000.params (SymbolBlock, Module)'),
+    'benchmark': ('gluon_lcnn.benchmark', 'time LCNN layers/models against their dense twins'),
+    'archive': ('gluon_lcnn.archive', 'package a trained model for MXNet Model Server (.mar)'),
+    'predict': ('gluon_lcnn.predict', 'classify images with a trained or exported model'),
 }
 
-_USAGE = '''usage: gluon-lcnn COMMAND [options]   (or: python -m gluon_lcnn COMMAND ...)
-
-commands:
-  flops      per-layer MACs/params of a zoo model, dense-equivalent vs lookup
-  export     write NAME-symbol.json + NAME-0000.params for SymbolBlock / Module
-  benchmark  time LCNN layers/models against their dense twins
-  archive    package a trained model for MXNet Model Server (.mar)
-  predict    classify images with a trained or exported model
-
-`gluon-lcnn COMMAND --help` shows a command's options. Bad input ends with one
+_EPILOG = '''`gluon-lcnn COMMAND --help` shows a command's options. Bad input ends with one
 "error: ..." line (exit status 1; usage errors 2); GLUON_LCNN_TRACEBACK=1 shows the traceback.'''
 
 
@@ -36,14 +31,38 @@ def load_command(name):
     if name not in COMMANDS:
         raise SystemExit('gluon-lcnn: unknown command %r; commands: %s'
                          % (name, ', '.join(sorted(COMMANDS))))
+    module_name = COMMANDS[name][0]
     try:
-        module = importlib.import_module(COMMANDS[name])
+        module = importlib.import_module(module_name)
     except ImportError as err:
-        raise SystemExit('gluon-lcnn %s: cannot import %s (%s)' % (name, COMMANDS[name], err))
+        raise SystemExit('gluon-lcnn %s: cannot import %s (%s)' % (name, module_name, err))
     if not (hasattr(module, 'add_arguments') and hasattr(module, 'run')):
         raise SystemExit('gluon-lcnn %s: %s does not provide add_arguments(parser) and run(args)'
-                         % (name, COMMANDS[name]))
+                         % (name, module_name))
     return module
+
+
+def build_parser(name=None, module=None):
+    """The ``gluon-lcnn`` parser and the subparser of command ``name`` (None without one).
+
+    Every command gets a subparser (listed by ``--help``); only ``name``'s gets its options,
+    from ``module.add_arguments``.
+    """
+    parser = argparse.ArgumentParser(
+        prog='gluon-lcnn', epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='LCNN (lookup-based CNN) tools; also run as python -m gluon_lcnn COMMAND.')
+    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND', title='commands')
+    chosen = None
+    for command, (_, help_text) in COMMANDS.items():
+        if command != name:
+            subparsers.add_parser(command, help=help_text)
+            continue
+        chosen = subparsers.add_parser(
+            command, help=help_text,
+            description=(module.__doc__ or '').strip().split('\n')[0])
+        module.add_arguments(chosen)
+    return parser, chosen
 
 
 def join_dash_values(parser, argv):
@@ -72,14 +91,14 @@ def main(argv=None):
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ('-h', '--help', 'help'):
-        print(_USAGE)
+        build_parser()[0].print_help()
         return 0
-    name, rest = argv[0], argv[1:]
+    name = argv[0]
     module = load_command(name)
-    parser = argparse.ArgumentParser(prog='gluon-lcnn %s' % name,
-                                     description=(module.__doc__ or '').strip().split('\n')[0])
-    module.add_arguments(parser)
-    args = parser.parse_args(join_dash_values(parser, rest))
+    parser, command_parser = build_parser(name, module)
+    args, extra = parser.parse_known_args([name] + join_dash_values(command_parser, argv[1:]))
+    if extra:   # reported by the command's parser, with its usage line
+        command_parser.error('unrecognized arguments: %s' % ' '.join(extra))
     try:
         result = module.run(args)
     except (ValueError, OSError) as err:
