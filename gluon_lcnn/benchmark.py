@@ -15,6 +15,7 @@ from collections import OrderedDict
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
+from tabulate import tabulate
 
 from . import flops
 from .deploy import to_inference
@@ -347,11 +348,8 @@ def _fmt(value):
 
 def markdown_table(rows, columns):
     """A markdown table of ``rows`` (dicts); columns are (key, header) pairs."""
-    lines = ['| ' + ' | '.join(h for _, h in columns) + ' |',
-             '|' + '|'.join('---' for _ in columns) + '|']
-    for row in rows:
-        lines.append('| ' + ' | '.join(_fmt(row.get(k)) for k, _ in columns) + ' |')
-    return '\n'.join(lines)
+    return tabulate([[_fmt(row.get(k)) for k, _ in columns] for row in rows],
+                    headers=[h for _, h in columns], tablefmt='github', disable_numparse=True)
 
 
 MODEL_COLUMNS = [('model', 'model'), ('density', 'P density'), ('threads', 'threads'),

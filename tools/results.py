@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from tabulate import tabulate
+
 # Latency is reported for one thread (a shared 2-core machine; docs/ARCHITECTURE.md, "How speed is
 # measured"). MXNet reads this when it is first imported.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
@@ -213,21 +215,22 @@ def render_markdown(rows, args, measure_seconds):
         '%s, 1 thread per worker.' % ('%d Horovod workers' % rows[0]['workers']
                                       if rows[0]['workers'] > 1 else 'one process'),
         '',
-        '| family | variant | model | test top-1 | MACs (M) | MAC speed-up | lookup density '
-        '| latency b%d (ms) | measured ratio b%d | measured ratio b%d | train s/epoch '
-        '| epochs x images | L1 / init. sparsity |' % (b0, b0, b1),
-        '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|',
     ]
-    for r in rows:
-        lines.append('| %s | %s | `%s` | %.4f | %.2f | %.2fx | %s | %.3f | %.2fx | %.2fx | %.1f '
-                     '| %d x %d | %s |' % (
-                         r['family'], r['variant'], r['model'], r['accuracy'], r['macs'] / 1e6,
-                         r['theoretical_speedup'],
-                         '-' if r['density'] is None else '%.3f' % r['density'],
-                         r['ms_b%d' % b0], r['latency_ratio_b%d' % b0],
-                         r['latency_ratio_b%d' % b1], r['epoch_time'], r['epochs'], r['images'],
-                         '-' if r['variant'] == 'dense' else '%g / %g' % (
-                             r['l1_lambda'], r['initial_sparsity'])))
+    headers = ['family', 'variant', 'model', 'test top-1', 'MACs (M)', 'MAC speed-up',
+               'lookup density', 'latency b%d (ms)' % b0, 'measured ratio b%d' % b0,
+               'measured ratio b%d' % b1, 'train s/epoch', 'epochs x images',
+               'L1 / init. sparsity']
+    table = [[r['family'], r['variant'], '`%s`' % r['model'], '%.4f' % r['accuracy'],
+              '%.2f' % (r['macs'] / 1e6), '%.2fx' % r['theoretical_speedup'],
+              '-' if r['density'] is None else '%.3f' % r['density'],
+              '%.3f' % r['ms_b%d' % b0], '%.2fx' % r['latency_ratio_b%d' % b0],
+              '%.2fx' % r['latency_ratio_b%d' % b1], '%.1f' % r['epoch_time'],
+              '%d x %d' % (r['epochs'], r['images']),
+              '-' if r['variant'] == 'dense' else '%g / %g' % (r['l1_lambda'],
+                                                               r['initial_sparsity'])]
+             for r in rows]
+    lines.append(tabulate(table, headers=headers, tablefmt='pipe', disable_numparse=True,
+                          colalign=['left'] * 3 + ['right'] * 8 + ['left'] * 2))
     lines += [
         '',
         'Reading the table: the MAC speed-up is what the surviving lookup entries allow in '
