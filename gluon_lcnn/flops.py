@@ -203,9 +203,7 @@ def probe_forward(net, input_shape, ctx, handles):
         if isinstance(block, mx.gluon.HybridBlock):
             active[id(block)] = (block, block._active)
             block._active = False
-        for child in block._children.values():
-            deactivate(child)
-    deactivate(net)
+    net.apply(deactivate)
     try:
         with mx.autograd.predict_mode():
             net(mx.nd.zeros(input_shape, ctx=ctx))

@@ -392,12 +392,12 @@ def lookup_layers(net):
     """Every lookup layer under ``net`` (depth first, in registration order), keyed by name."""
     found = OrderedDict()
 
-    def visit(block):
+    def add(block):
         if isinstance(block, _LookupLayer):
             found[block.name] = block
-        for child in block._children.values():
-            visit(child)
-    visit(net)
+    # Block.apply visits children before their parent; lookup layers have no child blocks, so
+    # they still come in depth-first registration order.
+    net.apply(add)
     return found
 
 
