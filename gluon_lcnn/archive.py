@@ -4,11 +4,11 @@
 [--input-shape 1,28,28] [--mean 0.286 --std 0.353]`` rebuilds the zoo model, loads the
 trained parameters, converts it with ``gluon_lcnn.deploy.to_inference`` (BN folded, lookup
 layers running the sparse C++ operator), exports symbol + params and packs them with the op
-library, ``signature.json``, ``synset.txt`` and the handler ``deploy/mms/lcnn_service.py``
-using model-archiver. ``export_archive(net, ...)`` does the same for a net you already hold.
+library, ``signature.json``, ``synset.txt``, the handler module ``lcnn_service.py`` and the
+serving code it imports (a copy of ``gluon_lcnn/serving/`` named ``lcnn_serving``) using
+model-archiver. ``export_archive(net, ...)`` does the same for a net you already hold.
 """
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -19,31 +19,29 @@ import tempfile
 
 import mxnet as mx
 
-__all__ = ['HANDLER_PATH', 'load_handler', 'op_library_path', 'inference_net',
+__all__ = ['HANDLER_ENTRY', 'serving_files', 'op_library_path', 'inference_net',
            'export_archive', 'load_parameters', 'add_arguments', 'run']
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HANDLER_PATH = os.path.join(_ROOT, 'deploy', 'mms', 'lcnn_service.py')
+SERVING_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'serving')
+HANDLER_MODULE = 'lcnn_service.py'   # the .mar's handler module, at the top of the archive
 HANDLER_ENTRY = 'lcnn_service:handle'
+SERVING_PACKAGE = 'lcnn_serving'     # the archive's copy of gluon_lcnn/serving/ (it imports it)
 
 
-def load_handler():
-    """The MMS handler module (deploy/mms/lcnn_service.py), imported from its file.
+def serving_files():
+    """(source path, path inside the archive) of the handler module and the serving code.
 
-    Archive and ``predict`` share its preprocessing and signature code, so what runs in the
-    server and in-process is the same code.
+    ``predict`` runs the same modules as ``gluon_lcnn.serving``, so what runs in the server and
+    in-process is the same code.
     """
-    name = 'gluon_lcnn._lcnn_service'
-    if name in sys.modules:
-        return sys.modules[name]
-    if not os.path.isfile(HANDLER_PATH):
-        raise FileNotFoundError('MMS handler not found at %s: gluon_lcnn must run from a source '
-                                'checkout (pip install -e .) that has deploy/mms/' % HANDLER_PATH)
-    spec = importlib.util.spec_from_file_location(name, HANDLER_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    files = [(os.path.join(SERVING_DIR, HANDLER_MODULE), HANDLER_MODULE)]
+    for name in sorted(os.listdir(SERVING_DIR)):
+        if name.endswith('.py') and name != HANDLER_MODULE:
+            files.append((os.path.join(SERVING_DIR, name), os.path.join(SERVING_PACKAGE, name)))
+    if not os.path.isfile(files[0][0]) or len(files) == 1:
+        raise FileNotFoundError('the serving code is missing from %s (a broken gluon_lcnn '
+                                'install?)' % SERVING_DIR)
+    return files
 
 
 def op_library_path():
@@ -92,11 +90,12 @@ def export_archive(net, out_dir, model_name, input_shape, classes=None, mean=Non
     if not re.match(r'^[A-Za-z0-9][A-Za-z0-9_\-.]*$', model_name):
         raise ValueError('archive name %r: use letters, digits, "_", "-" and "." (MMS model '
                          'names), starting with a letter or digit' % model_name)
-    handler = load_handler()
+    from .serving.signature import SIGNATURE_FILE, SYNSET_FILE, make_signature
+    files = serving_files()
     input_shape = tuple(int(v) for v in input_shape)
     lib = op_library_path()
     sig_kwargs = {} if max_pixels is None else {'max_pixels': max_pixels}
-    signature = handler.make_signature(
+    signature = make_signature(
         input_shape, mean=mean, std=std, resize=resize, top_k=top_k,
         op_library=os.path.basename(lib) if lib else None, **sig_kwargs)
     # One forward pass finishes deferred initialisation and checks the input shape early.
@@ -114,11 +113,13 @@ def export_archive(net, out_dir, model_name, input_shape, classes=None, mean=Non
         model.export(os.path.join(staging, 'model'))   # model-symbol.json, model-0000.params
         if lib:
             shutil.copy(lib, staging)
-        shutil.copy(HANDLER_PATH, staging)
-        with open(os.path.join(staging, handler.SIGNATURE_FILE), 'w') as f:
+        os.makedirs(os.path.join(staging, SERVING_PACKAGE))
+        for src, dst in files:
+            shutil.copy(src, os.path.join(staging, dst))
+        with open(os.path.join(staging, SIGNATURE_FILE), 'w') as f:
             json.dump(signature, f, indent=2)
         names = list(classes) if classes is not None else [str(i) for i in range(num_outputs)]
-        with open(os.path.join(staging, handler.SYNSET_FILE), 'w') as f:
+        with open(os.path.join(staging, SYNSET_FILE), 'w') as f:
             f.write('\n'.join(names) + '\n')
         cmd = [sys.executable, '-m', 'model_archiver.model_packaging',
                '--model-name', model_name, '--model-path', staging, '--handler', HANDLER_ENTRY,

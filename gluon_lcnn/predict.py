@@ -3,7 +3,7 @@
 ``python -m gluon_lcnn predict --model-dir DIR_OR_MAR IMAGE...`` reads an archive (``.mar``
 or its unpacked directory); ``--symbol S --params P --input-shape C,H,W [--mean --std
 --classes-file]`` takes loose exported files instead. Decoding, resizing and normalisation are
-the handler's own code (deploy/mms/lcnn_service.py). Prints one JSON line per image:
+the model server's own code (``gluon_lcnn.serving``). Prints one JSON line per image:
 ``{"image": path, "predictions": [{"class": ..., "probability": ...}, ...]}`` or
 ``{"image": path, "error": ..., "code": 4xx}``; the exit status is 1 if any image failed.
 """
@@ -14,7 +14,7 @@ import sys
 import tempfile
 import zipfile
 
-from .archive import _floats, _shape, check_params_file, load_handler, read_classes
+from .archive import _floats, _shape, check_params_file, read_classes
 from .flops import positive_int
 
 __all__ = ['load_classifier', 'predict_files', 'add_arguments', 'run']
@@ -22,13 +22,13 @@ __all__ = ['load_classifier', 'predict_files', 'add_arguments', 'run']
 
 def load_classifier(model_dir=None, symbol=None, params=None, input_shape=None, mean=None,
                     std=None, resize=None, classes=None, top_k=5, op_library=None):
-    """An ``ImageClassifier`` (see the handler) from an archive or from loose files.
+    """A ``serving.ImageClassifier`` from an archive or from loose files.
 
     ``model_dir`` may be a ``.mar`` file (unpacked into a temporary directory that is removed
     once the model is loaded) or a directory with the archive's files.
     """
     import gluon_lcnn  # noqa: F401  (loads the op library the symbol may need)
-    handler = load_handler()
+    from .serving import SIGNATURE_FILE, ImageClassifier, make_signature
     if model_dir is not None:
         if symbol or params:
             raise ValueError('give either model_dir or symbol + params, not both')
@@ -39,20 +39,19 @@ def load_classifier(model_dir=None, symbol=None, params=None, input_shape=None, 
             try:
                 with zipfile.ZipFile(model_dir) as z:
                     z.extractall(tmp)
-                return _loading(model_dir, handler.ImageClassifier, tmp)
+                return _loading(model_dir, ImageClassifier, tmp)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-        if not os.path.isfile(os.path.join(model_dir, handler.SIGNATURE_FILE)):
+        if not os.path.isfile(os.path.join(model_dir, SIGNATURE_FILE)):
             raise FileNotFoundError('%s is neither a .mar archive nor a directory with %s'
-                                    % (model_dir, handler.SIGNATURE_FILE))
-        return _loading(model_dir, handler.ImageClassifier, model_dir)
+                                    % (model_dir, SIGNATURE_FILE))
+        return _loading(model_dir, ImageClassifier, model_dir)
     if not (symbol and params and input_shape):
         raise ValueError('need model_dir, or symbol, params and input_shape')
     _check_file(symbol, 'symbol file')
     check_params_file(params)
-    signature = handler.make_signature(input_shape, mean=mean, std=std, resize=resize,
-                                       top_k=top_k)
-    return _loading('%s with %s' % (symbol, params), handler.ImageClassifier.from_files,
+    signature = make_signature(input_shape, mean=mean, std=std, resize=resize, top_k=top_k)
+    return _loading('%s with %s' % (symbol, params), ImageClassifier.from_files,
                     symbol, params, signature, classes=classes, op_library=op_library)
 
 

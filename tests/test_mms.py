@@ -25,14 +25,13 @@ import pytest
 import requests
 
 import gluon_lcnn
-from gluon_lcnn import archive, deploy
+from gluon_lcnn import archive, deploy, serving
 from gluon_lcnn.__main__ import main as cli
 from gluon_lcnn.data import fashion_mnist
 
 HOST = '127.0.0.1'
 N_TEST = 48          # Fashion-MNIST test images sent to the server
 TRAIN_STEPS = 120   # ~75-80% test accuracy; 300 steps reach ~87%
-handler = archive.load_handler()
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -213,22 +212,22 @@ def server(work, fashion, rgb):
 # --------------------------------------------------------------------------- handler, no server
 def test_image_size_reads_png_and_jpeg_headers():
     img = np.zeros((37, 53, 3), np.uint8)
-    assert handler.image_size(cv2.imencode('.png', img)[1].tobytes()) == ('png', 53, 37)
-    assert handler.image_size(cv2.imencode('.jpg', img)[1].tobytes()) == ('jpeg', 53, 37)
+    assert serving.image_size(cv2.imencode('.png', img)[1].tobytes()) == ('png', 53, 37)
+    assert serving.image_size(cv2.imencode('.jpg', img)[1].tobytes()) == ('jpeg', 53, 37)
     progressive = cv2.imencode('.jpg', img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
-    assert handler.image_size(progressive) == ('jpeg', 53, 37)
+    assert serving.image_size(progressive) == ('jpeg', 53, 37)
     for bad, code in ((b'GIF89a....', 415), (b'\x89PNG\r\n\x1a\n\x00', 400),
                       (b'\xff\xd8\xff\xe0\x00\x10JFIF', 400)):
-        with pytest.raises(handler.RequestError) as e:
-            handler.image_size(bad)
+        with pytest.raises(serving.RequestError) as e:
+            serving.image_size(bad)
         assert e.value.status == code
 
 
 def test_preprocess_matches_manual_pipeline(rgb):
     """Handler preprocessing = OpenCV decode, RGB, shorter side 32, centre crop, normalise."""
-    sig = handler.make_signature((3, 28, 28), mean=[0.485, 0.456, 0.406],
+    sig = serving.make_signature((3, 28, 28), mean=[0.485, 0.456, 0.406],
                                  std=[0.229, 0.224, 0.225], resize=32)
-    got = handler.preprocess(rgb['photo'], sig)
+    got = serving.preprocess(rgb['photo'], sig)
     img = cv2.cvtColor(cv2.imdecode(np.frombuffer(rgb['photo'], np.uint8), 1), cv2.COLOR_BGR2RGB)
     h, w = img.shape[:2]
     scale = 32.0 / min(h, w)
@@ -271,49 +270,49 @@ def _fashion_pixels(fashion, i=0):
 
 def test_truncated_or_corrupt_images_get_400(fashion, rgb):
     """OpenCV decodes these without complaint (a half JPEG came back "sneaker" 0.70)."""
-    gray = handler.make_signature((1, 28, 28))
-    color = handler.make_signature((3, 28, 28), resize=32)
+    gray = serving.make_signature((1, 28, 28))
+    color = serving.make_signature((3, 28, 28), resize=32)
     pixels = _fashion_pixels(fashion)
     jpegs = [('fashion', _jpeg(pixels), gray),
              ('progressive', _jpeg(pixels, cv2.IMWRITE_JPEG_PROGRESSIVE, 1), gray),
              ('restart markers', _jpeg(pixels, cv2.IMWRITE_JPEG_RST_INTERVAL, 1), gray),
              ('photo', rgb['photo'], color)]
     for name, jpeg, sig in jpegs:
-        assert handler.preprocess(jpeg, sig).shape == tuple(sig['data_shape'][1:])
+        assert serving.preprocess(jpeg, sig).shape == tuple(sig['data_shape'][1:])
         # Bytes after the end-of-image marker are allowed (some cameras append data).
-        assert handler.preprocess(jpeg + b'\0' * 64, sig).shape == tuple(sig['data_shape'][1:])
+        assert serving.preprocess(jpeg + b'\0' * 64, sig).shape == tuple(sig['data_shape'][1:])
         for damage, body in _damaged_jpegs(jpeg):
-            with pytest.raises(handler.RequestError) as e:
-                handler.preprocess(body, sig)
+            with pytest.raises(serving.RequestError) as e:
+                serving.preprocess(body, sig)
             assert e.value.status == 400, (name, damage)
             assert 'truncated or corrupt JPEG' in e.value.message, (name, damage)
     png = fashion['pngs'][0]
     flipped = bytearray(png)
     flipped[len(png) // 2] ^= 0xFF   # inside IDAT: its CRC no longer matches
     for body in (png[:len(png) // 2], png[:-2], bytes(flipped)):
-        with pytest.raises(handler.RequestError) as e:
-            handler.preprocess(body, gray)
+        with pytest.raises(serving.RequestError) as e:
+            serving.preprocess(body, gray)
         assert e.value.status == 400 and 'PNG' in e.value.message
 
 
 def test_pixel_limit_counts_the_resized_image():
     """--resize scales the shorter side: a 1 KB 1 x 1,000,000 PNG would become 256 x 256e6."""
-    sig = handler.make_signature((3, 224, 224), resize=256)
+    sig = serving.make_signature((3, 224, 224), resize=256)
     for width, height in ((1, 1000000), (1000000, 1)):
         strip = _png_of_size(width, height)
         assert len(strip) < 5000
-        with pytest.raises(handler.RequestError) as e:
-            handler.preprocess(strip, sig)
+        with pytest.raises(serving.RequestError) as e:
+            serving.preprocess(strip, sig)
         assert e.value.status == 413 and 'after resizing its shorter side to 256' in \
             e.value.message
-    small = handler.make_signature((3, 28, 28), resize=32, max_pixels=1000000)
-    with pytest.raises(handler.RequestError) as e:   # 1 x 60,000 -> 32 x 1,920,000
-        handler.preprocess(_png_of_size(1, 60000), small)
+    small = serving.make_signature((3, 28, 28), resize=32, max_pixels=1000000)
+    with pytest.raises(serving.RequestError) as e:   # 1 x 60,000 -> 32 x 1,920,000
+        serving.preprocess(_png_of_size(1, 60000), small)
     assert e.value.status == 413 and '32x1920000' in e.value.message
     # A panorama stays well inside the limit; the check uses the size _resize produces.
-    assert handler.preprocess(_png_of_size(1000, 250), sig).shape == (3, 224, 224)
-    assert handler.resized_size(1000, 250, 256, 224, 224) == (1024, 256)
-    assert handler.resized_size(1000, 250, None, 224, 224) == (224, 224)
+    assert serving.preprocess(_png_of_size(1000, 250), sig).shape == (3, 224, 224)
+    assert serving.resized_size(1000, 250, 256, 224, 224) == (1024, 256)
+    assert serving.resized_size(1000, 250, None, 224, 224) == (224, 224)
 
 
 def test_decoder_failure_fails_only_that_image(fashion, monkeypatch):
@@ -330,9 +329,9 @@ def test_decoder_failure_fails_only_that_image(fashion, monkeypatch):
         if buf.tobytes() == pngs[3]:
             raise MemoryError()
         return real(buf, flags)
-    monkeypatch.setattr(handler.cv2, 'imdecode', imdecode)
+    monkeypatch.setattr(serving.images.cv2, 'imdecode', imdecode)
     results = classifier.classify(pngs[:5])
-    assert [r.status if isinstance(r, handler.RequestError) else 200 for r in results] == \
+    assert [r.status if isinstance(r, serving.RequestError) else 200 for r in results] == \
         [200, 400, 200, 500, 200]
     assert 'could not decode' in results[1].message
     for i in (0, 2, 4):
@@ -341,13 +340,13 @@ def test_decoder_failure_fails_only_that_image(fashion, monkeypatch):
 
 def test_make_signature_validates():
     with pytest.raises(ValueError, match='channels'):
-        handler.make_signature((2, 28, 28))
+        serving.make_signature((2, 28, 28))
     with pytest.raises(ValueError, match='mean'):
-        handler.make_signature((3, 28, 28), mean=[0.1, 0.2])
+        serving.make_signature((3, 28, 28), mean=[0.1, 0.2])
     with pytest.raises(ValueError, match='std'):
-        handler.make_signature((1, 28, 28), std=0)
+        serving.make_signature((1, 28, 28), std=0)
     with pytest.raises(ValueError, match='resize'):
-        handler.make_signature((3, 224, 224), resize=100)
+        serving.make_signature((3, 224, 224), resize=100)
 
 
 def test_archive_contents(fashion):
@@ -359,6 +358,9 @@ def test_archive_contents(fashion):
         symbol = json.loads(z.read('model-symbol.json'))
     assert {'model-symbol.json', 'model-0000.params', 'lcnn_service.py',
             'liblcnn_ops.so'} <= names
+    # The serving code the handler imports travels with it (the worker has no gluon_lcnn).
+    assert {'lcnn_serving/%s.py' % m for m in ('__init__', 'errors', 'images', 'signature',
+                                               'classifier', 'handler')} <= names
     assert manifest['model']['handler'] == 'lcnn_service:handle'
     assert sig['data_shape'] == [0, 1, 28, 28] and sig['input_name'] == 'data'
     assert sig['mean'] == [pytest.approx(fashion_mnist.MEAN)]
@@ -418,6 +420,29 @@ def test_predict_cli_matches_in_process_reference(fashion, work, capsys):
     assert all(len(line['predictions']) == 1 for line in loose)
 
 
+@pytest.fixture
+def archive_handler(monkeypatch):
+    """``load(model_dir)``: ``handle`` of an unpacked archive, imported as the MMS worker does
+    (``lcnn_service`` from the model directory, with the archive's copy of the serving code);
+    the imported modules are forgotten afterwards."""
+    import importlib
+
+    def ours():
+        return [m for m in sys.modules if m.split('.')[0] in ('lcnn_service', 'lcnn_serving')]
+
+    def load(model_dir):
+        monkeypatch.syspath_prepend(str(model_dir))
+        module = importlib.import_module('lcnn_service')
+        assert module.handle.__module__ == 'lcnn_serving.handler'
+        assert os.path.dirname(sys.modules['lcnn_serving'].__file__) == \
+            os.path.join(str(model_dir), 'lcnn_serving')
+        return module.handle
+    assert not ours()
+    yield load
+    for name in ours():
+        del sys.modules[name]
+
+
 def _parse_worker_reply(msg):
     """Split a worker's binary batch reply (mms.protocol.otf_message_handler) into records."""
     import struct
@@ -448,16 +473,18 @@ def _parse_worker_reply(msg):
                         'body': json.loads(body.decode())})
 
 
-def test_handler_batch_reply_is_safe_for_the_mms_frontend(fashion, work):
-    """In-process MMS Service + handler on a mixed batch: per-request statuses, and no status
-    code a 16-byte-multiple socket read could cut (the MMS 1.1.11 frontend bug worked around)."""
+def test_handler_batch_reply_is_safe_for_the_mms_frontend(fashion, work, archive_handler):
+    """In-process MMS Service + the archive's handler on a mixed batch: per-request statuses,
+    and no status code a 16-byte-multiple socket read could cut (the MMS 1.1.11 frontend bug
+    worked around)."""
     import uuid
     from mms.service import Service
     model_dir = work / 'unpacked_service'
     with zipfile.ZipFile(fashion['mar']) as z:
         z.extractall(str(model_dir))
-    service = Service('fashion', str(model_dir), None, handler.handle, None, 8)
-    handler.handle(None, service.context)       # MMS's load call
+    handle = archive_handler(model_dir)
+    service = Service('fashion', str(model_dir), None, handle, None, 8)
+    handle(None, service.context)               # MMS's load call
     bodies = [fashion['pngs'][0], b'junk', b'', fashion['pngs'][1], b'\x89PNG\r\n\x1a\nxx',
               fashion['pngs'][2], cv2.imencode('.png', np.zeros((6000, 6000), np.uint8))[1]
               .tobytes(), fashion['pngs'][3]]
