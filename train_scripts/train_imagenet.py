@@ -13,7 +13,9 @@ installed) the same code runs as one process. ``--dataset fashion-mnist`` swaps 
 input for Fashion-MNIST (see train_fashion_mnist.py); ``--synthetic`` feeds random tensors.
 """
 import argparse
+import logging
 import os
+import sys
 import time
 
 import mxnet as mx
@@ -152,6 +154,20 @@ def build_net(args):
     return gluon_lcnn.get_model(args.model, **kwargs)
 
 
+def setup_logging(rank):
+    """The script's logger: plain lines on stdout, INFO and up on rank 0, WARNING and up on the
+    other ranks (rank 0 reports for all: metrics are summed over workers first)."""
+    log = logging.getLogger('train_imagenet')
+    for handler in list(log.handlers):   # main() may run again in one process (tests)
+        log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter('%(message)s'))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    log.propagate = False
+    return log
+
+
 def write_digest(save_dir, name, net):
     os.makedirs(save_dir, exist_ok=True)
     with open(os.path.join(save_dir, name), 'w') as f:
@@ -163,10 +179,7 @@ def main(argv=None, defaults=None):
     hvd = training.init_horovod(enabled=not args.no_horovod)
     rank, size = hvd.rank(), hvd.size()
 
-    def log(*msg):
-        if rank == 0:
-            print(*msg, flush=True)
-
+    log = setup_logging(rank)
     ctx = mx.gpu(hvd.local_rank()) if mx.context.num_gpus() > 0 else mx.cpu()
     if args.dtype == 'float16' and ctx.device_type != 'gpu':
         raise ValueError('--dtype float16 needs a GPU (MXNet has no float16 convolutions on CPU)')
@@ -196,19 +209,19 @@ def main(argv=None, defaults=None):
     if args.benchmark:
         from gluon_lcnn import flops
         result = flops.profile(net, (1,) + args.data_shape)
-        log(result.table())
+        log.info(result.table())
         t = result.totals
-        log('%s at %s: %.2f M dense-equivalent MACs, %.2f M MACs (%.2fx)'
-            % (args.model, 'x'.join(map(str, args.data_shape)), t['dense_macs'] / 1e6,
-               t['macs'] / 1e6, t['speedup']))
+        log.info('%s at %s: %.2f M dense-equivalent MACs, %.2f M MACs (%.2fx)'
+                 % (args.model, 'x'.join(map(str, args.data_shape)), t['dense_macs'] / 1e6,
+                    t['macs'] / 1e6, t['speedup']))
         return result
     if args.dtype == 'float16':
         net.cast('float16')
     forms = list(choose_forms(net, args.batch_size).values())
     if forms:
-        log('lookup layers: %d composed, %d factored (--lookup-form %s, batch %d)'
-            % (forms.count('composed'), forms.count('factored'), args.lookup_form,
-               args.batch_size))
+        log.info('lookup layers: %d composed, %d factored (--lookup-form %s, batch %d)'
+                 % (forms.count('composed'), forms.count('factored'), args.lookup_form,
+                    args.batch_size))
     if not args.no_hybridize:
         net.hybridize(static_alloc=True)
 
@@ -216,10 +229,10 @@ def main(argv=None, defaults=None):
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     if args.test_only:
         val = training.evaluate(net, val_data, ctx, hvd, loss_fn, args.dtype)
-        log('test-only %s: top-1 %.6f top-5 %.6f loss %.4f on %d images'
-            % (args.params, val['top1'], val['top5'], val['loss'], val['count']))
-        log('lookup density', training.format_density(density_report(net)))
-        log('test accuracy: %.4f' % val['top1'])
+        log.info('test-only %s: top-1 %.6f top-5 %.6f loss %.4f on %d images'
+                 % (args.params, val['top1'], val['top5'], val['loss'], val['count']))
+        log.info('lookup density %s', training.format_density(density_report(net)))
+        log.info('test accuracy: %.4f' % val['top1'])
         return val
 
     accum = args.grad_accumulation
@@ -247,22 +260,23 @@ def main(argv=None, defaults=None):
         try:
             meta = training.load_checkpoint(args.save_dir)
             if meta is not None:
-                for problem in meta['skipped']:
-                    log('warning: --resume: skipping %s' % problem)
+                for problem in meta['skipped'] if rank == 0 else ():
+                    # Every rank checks the same files: one warning, from rank 0.
+                    log.warning('warning: --resume: skipping %s', problem)
                 training.load_params_file(net, meta['params'], ctx=ctx)
                 training.load_states_file(trainer, meta['states'])
         except training.CheckpointError as err:
             raise SystemExit('error: --resume: %s' % err) from None
         if meta is None:
-            log('--resume: no checkpoint in %s, starting from scratch' % args.save_dir)
+            log.info('--resume: no checkpoint in %s, starting from scratch' % args.save_dir)
         else:
             start_epoch, history = meta['epoch'], meta.get('history', [])
-            log('resuming from %s: continuing at epoch %d' % (meta['params'], start_epoch + 1))
+            log.info('resuming from %s: continuing at epoch %d', meta['params'], start_epoch + 1)
     training.broadcast_parameters(net, hvd, root_rank=0)
 
-    log('%s: %d worker(s) on %s, batch %d x %d x %d, %d updates/epoch, lr %.4g, params %s'
-        % (args.model, size, ctx, args.batch_size, accum, size, updates_per_epoch,
-           args.lr * size, 'float16' if args.dtype == 'float16' else 'float32'))
+    log.info('%s: %d worker(s) on %s, batch %d x %d x %d, %d updates/epoch, lr %.4g, params %s'
+             % (args.model, size, ctx, args.batch_size, accum, size, updates_per_epoch,
+                args.lr * size, 'float16' if args.dtype == 'float16' else 'float32'))
     schedule = dict(steps_per_epoch=updates_per_epoch, base_lr=args.lr * size,
                     num_epochs=args.num_epochs, warmup_epochs=args.warmup_epochs,
                     mode=args.lr_mode, decay_epochs=args.lr_decay_epochs,
@@ -319,16 +333,16 @@ def main(argv=None, defaults=None):
                       density=density.get('__total__'),
                       layer_density={k: v for k, v in density.items() if k != '__total__'})
         history.append(record)
-        log('[epoch %d/%d] train loss %.4f top-1 %.4f | val top-1 %.6f top-5 %.6f | '
-            '%.1f samples/s | %.1f s | lr %.4g'
-            % (epoch + 1, args.num_epochs, record['train_loss'], record['train_top1'],
-               val['top1'], val['top5'], record['samples_per_sec'], record['epoch_time'], lr))
-        log('[epoch %d/%d] throughput %.1f samples/s per worker, %.1f samples/s total '
-            '(%d worker(s))' % (epoch + 1, args.num_epochs, record['samples_per_sec'] / size,
-                                record['samples_per_sec'], size))
+        log.info('[epoch %d/%d] train loss %.4f top-1 %.4f | val top-1 %.6f top-5 %.6f | '
+                 '%.1f samples/s | %.1f s | lr %.4g'
+                 % (epoch + 1, args.num_epochs, record['train_loss'], record['train_top1'],
+                    val['top1'], val['top5'], record['samples_per_sec'], record['epoch_time'], lr))
+        log.info('[epoch %d/%d] throughput %.1f samples/s per worker, %.1f samples/s total '
+                 '(%d worker(s))' % (epoch + 1, args.num_epochs, record['samples_per_sec'] / size,
+                                     record['samples_per_sec'], size))
         if density:
-            log('[epoch %d/%d] lookup density %s'
-                % (epoch + 1, args.num_epochs, training.format_density(density)))
+            log.info('[epoch %d/%d] lookup density %s'
+                     % (epoch + 1, args.num_epochs, training.format_density(density)))
         if rank == 0:
             training.save_checkpoint(args.save_dir, epoch + 1, net, trainer,
                                      dict(model=args.model, history=history,
@@ -343,7 +357,7 @@ def main(argv=None, defaults=None):
         top1 = history[-1]['val_top1']
     else:   # nothing left to train: report the checkpoint as it is
         top1 = training.evaluate(net, val_data, ctx, hvd, loss_fn, args.dtype)['top1']
-    log('test accuracy: %.4f' % top1)
+    log.info('test accuracy: %.4f' % top1)
     return history
 
 
