@@ -40,9 +40,11 @@ if ! "$VENV/bin/python" -c "import horovod.mxnet" 2>/dev/null; then
     quiet "$VENV/bin/pip" install -q --no-build-isolation --no-cache-dir horovod==0.28.1
 fi
 
-# The package (editable) and its op library.
-link=$(ls "$VENV"/lib/python*/site-packages/gluon-lcnn.egg-link 2>/dev/null || true)
-if [ -z "$link" ] || [ "$(head -n1 "$link")" != "$PWD" ]; then
+# The package (editable, from pyproject.toml) and its op library. Installed when gluon_lcnn
+# does not resolve to this checkout (-I: not from the current directory; nothing is imported).
+where=$("$VENV/bin/python" -I -c "import importlib.util as u; s = u.find_spec('gluon_lcnn'); \
+print(s.origin if s else '')" 2>/dev/null || true)
+if [ "$where" != "$PWD/gluon_lcnn/__init__.py" ]; then
   quiet "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e .
 fi
 if [ -f gluon_lcnn/ops/build.py ]; then

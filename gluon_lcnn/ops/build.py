@@ -5,6 +5,9 @@
 The C++ sources next to this file are compiled together with the mxnet wheel's
 ``src/lib_api.cc`` into one shared library that ``mx.library.load`` accepts. The build is skipped
 when a stamp (hash of sources, MXNet headers, compiler and flags) says the library is current.
+The library is written next to its sources: a checkout's ``gluon_lcnn/ops/``, or for an installed
+wheel (which carries the sources, never a built library) the installed package, on its first
+import.
 Vector code is portable GCC vector extensions: the build adds ``-mavx2 -mfma`` only when the
 building CPU has both (the library is built where it runs); on aarch64 NEON is baseline and
 other CPUs get generic code.
@@ -122,7 +125,12 @@ def build(force=False, verbose=False):
     cxx = find_compiler()
     stamp = source_hash(build_command(cxx, 'OUT'))
     # Build under a unique name and rename: concurrent builders never see a half-written file.
-    fd, tmp = tempfile.mkstemp(suffix='.so.tmp', dir=HERE)
+    try:
+        fd, tmp = tempfile.mkstemp(suffix='.so.tmp', dir=HERE)
+    except OSError as err:   # e.g. a system-wide install imported by another user
+        raise BuildError('cannot write %s (%s): build it once as the owner of the install '
+                         '(python -m gluon_lcnn.ops.build), or set GLUON_LCNN_OPS_LIB to a '
+                         'built library' % (LIB_PATH, err.strerror or err)) from None
     os.close(fd)
     try:
         cmd = build_command(cxx, tmp)
