@@ -246,8 +246,13 @@ def main(argv=None, defaults=None):
         for param in net.collect_params().values():
             if param.grad_req != 'null':
                 param.grad_req = 'add'
-    optimizer_params = dict(learning_rate=args.lr * size, wd=args.wd, momentum=args.momentum,
-                            multi_precision=args.dtype == 'float16')
+    # The optimizer asks the schedule for the rate of every update, by its update count.
+    schedule = training.WarmupSchedule(
+        steps_per_epoch=updates_per_epoch, base_lr=args.lr * size, num_epochs=args.num_epochs,
+        warmup_epochs=args.warmup_epochs, mode=args.lr_mode, decay_epochs=args.lr_decay_epochs,
+        decay_factor=args.lr_decay, power=args.lr_power)
+    optimizer_params = dict(learning_rate=args.lr * size, lr_scheduler=schedule, wd=args.wd,
+                            momentum=args.momentum, multi_precision=args.dtype == 'float16')
     compression = hvd.Compression.fp16 if args.fp16_allreduce else hvd.Compression.none
     trainer = hvd.DistributedTrainer(net.collect_params(), args.optimizer, optimizer_params,
                                      compression=compression)
@@ -265,6 +270,9 @@ def main(argv=None, defaults=None):
                     log.warning('warning: --resume: skipping %s', problem)
                 training.load_params_file(net, meta['params'], ctx=ctx)
                 training.load_states_file(trainer, meta['states'])
+                # The loaded optimizer keeps its update count but brought the schedule of the
+                # run that saved it: this run's options (--num-epochs, ...) decide.
+                trainer.optimizer.lr_scheduler = schedule
         except training.CheckpointError as err:
             raise SystemExit('error: --resume: %s' % err) from None
         if meta is None:
@@ -277,10 +285,6 @@ def main(argv=None, defaults=None):
     log.info('%s: %d worker(s) on %s, batch %d x %d x %d, %d updates/epoch, lr %.4g, params %s'
              % (args.model, size, ctx, args.batch_size, accum, size, updates_per_epoch,
                 args.lr * size, 'float16' if args.dtype == 'float16' else 'float32'))
-    schedule = dict(steps_per_epoch=updates_per_epoch, base_lr=args.lr * size,
-                    num_epochs=args.num_epochs, warmup_epochs=args.warmup_epochs,
-                    mode=args.lr_mode, decay_epochs=args.lr_decay_epochs,
-                    decay_factor=args.lr_decay, power=args.lr_power)
     for epoch in range(start_epoch, args.num_epochs):
         train_data.set_epoch(epoch)
         batches = iter(train_data)
@@ -291,8 +295,6 @@ def main(argv=None, defaults=None):
                    disable=rank != 0 or args.no_progress, mininterval=2, leave=False)
         tic = time.time()
         for i in range(updates_per_epoch):
-            lr = training.learning_rate(epoch * updates_per_epoch + i, **schedule)
-            trainer.set_learning_rate(lr)
             for _ in range(accum):
                 data, label, num_valid = next(batches)
                 data = data.as_in_context(ctx).astype(args.dtype, copy=False)
@@ -307,6 +309,7 @@ def main(argv=None, defaults=None):
                 correct += training.topk_correct(output, label, num_valid, 1)
                 seen += num_valid
             trainer.step(args.batch_size * accum)
+            lr = trainer.learning_rate   # the rate of this update
             if accum > 1:
                 net.collect_params().zero_grad()
             if i % 20 == 0 and rank == 0 and not args.no_progress:
