@@ -195,7 +195,8 @@ def main(argv=None):
     with open(args.out + '.md', 'w') as f:
         f.write('# Training step: LCNN vs dense twin\n\n`%s`\n\n%s; %s; %.0f s of compute.\n\n'
                 'One step = forward, backward and a NAG update of a batch; times are medians '
-                'of interleaved rounds in one process per thread setting.\n\n%s\n'
+                'of interleaved rounds (LCNN and dense twin alternating) in one process per thread '
+                'setting, model and form.\n\n%s\n'
                 % (command, when, machine, time.time() - tic, text))
     print('\n' + text)
     print('\nwrote %s.md and .json' % args.out)
