@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gluon_lcnn import benchmark  # noqa: E402
+from gluon_lcnn import compare  # noqa: E402
 from gluon_lcnn.model_zoo.common import ASSUMED_DENSITIES, PUBLISHED_DENSITIES  # noqa: E402
 
 COLUMNS = [('model', 'model'), ('layer', 'layer'), ('in_channels', 'c'), ('channels', 'm'),
@@ -46,13 +46,13 @@ def main():
         if densities is None:
             raise SystemExit('bench_layers: no published or assumed densities for %s' % name)
         seen = set()
-        for shape, density in zip(benchmark.layer_shapes(name, args.size), densities):
+        for shape, density in zip(compare.layer_shapes(name, args.size), densities):
             key = (shape['in_channels'], shape['channels'], shape['kernel'], shape['strides'],
                    shape['padding'], shape['in_size'], shape['dictionary_size'], density)
             if key in seen:  # ResNet repeats shapes: time each once
                 continue
             seen.add(key)
-            row = benchmark.compare_layer(
+            row = compare.compare_layer(
                 shape['in_channels'], shape['channels'], shape['kernel'],
                 shape['dictionary_size'], density, in_size=shape['in_size'],
                 strides=shape['strides'], padding=shape['padding'], batch=args.batch,
@@ -60,7 +60,7 @@ def main():
             row['model'] = name
             row['layer'] = shape['name'].split('_', 1)[-1]
             rows.append(row)
-            print(benchmark.markdown_table([row], COLUMNS).splitlines()[-1], flush=True)
+            print(compare.markdown_table([row], COLUMNS).splitlines()[-1], flush=True)
     threads = os.environ.get('OMP_NUM_THREADS', 'default')
     command = 'OMP_NUM_THREADS=%s .venv/bin/python benchmarks/bench_layers.py %s' % (
         threads, ' '.join(sys.argv[1:]))
@@ -69,7 +69,7 @@ def main():
     text = ('`%s`\n\n%s, load average %s. Batch %d, %dx%d input; speedup: dense vs the faster '
             'LCNN form, median of per-round ratios.\n\n%s\n'
             % (command.strip(), when, load, args.batch, args.size, args.size,
-               benchmark.markdown_table(rows, COLUMNS)))
+               compare.markdown_table(rows, COLUMNS)))
     print('\n' + text)
     with open(args.out + '.json', 'w') as f:
         json.dump({'command': command.strip(), 'date': when, 'load': load, 'threads': threads,

@@ -18,12 +18,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gluon_lcnn import benchmark, timing  # noqa: E402
+from gluon_lcnn import compare, timing  # noqa: E402
 
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
-    parser = benchmark.add_arguments(argparse.ArgumentParser(description=__doc__.split('\n')[0]))
+    parser = compare.add_arguments(argparse.ArgumentParser(description=__doc__.split('\n')[0]))
     parser.add_argument('--out', default=None,
                         help='results path without extension (default benchmarks/results/'
                              'models_<models>)')
@@ -31,7 +31,7 @@ def main():
     out = args.out or os.path.join(here, 'results', 'models_' + '_'.join(args.model))
     json_path, md_path = args.json or out + '.json', args.markdown or out + '.md'
     args.json = args.markdown = None  # written below, with the command and machine
-    rows = benchmark.run(args)
+    rows = compare.run(args)
     command = ' '.join(['.venv/bin/python', 'benchmarks/bench_models.py'] + sys.argv[1:])
     when = datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M UTC')
     machine = timing.machine_summary()
@@ -40,7 +40,7 @@ def main():
                   indent=1)
     with open(md_path, 'w') as f:
         f.write('`%s`\n\n%s; %s\n\n%s\n' % (command, when, machine,
-                                            benchmark.render_models(rows)))
+                                            compare.render_models(rows)))
     print('\nwrote %s and %s' % (json_path, md_path))
 
 

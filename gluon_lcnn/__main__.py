@@ -17,7 +17,7 @@ COMMANDS = {
               'per-layer MACs/params of a zoo model, dense-equivalent vs lookup'),
     'export': ('gluon_lcnn.export',
                'write NAME-symbol.json + NAME-0000.params (SymbolBlock, Module)'),
-    'benchmark': ('gluon_lcnn.benchmark', 'time LCNN layers/models against their dense twins'),
+    'benchmark': ('gluon_lcnn.compare', 'time LCNN layers/models against their dense twins'),
     'archive': ('gluon_lcnn.archive', 'package a trained model for MXNet Model Server (.mar)'),
     'predict': ('gluon_lcnn.predict', 'classify images with a trained or exported model'),
 }

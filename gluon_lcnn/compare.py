@@ -1,4 +1,5 @@
-"""LCNN against its dense twin: layer- and model-level comparisons, benchmarks/ and the CLI.
+"""LCNN against its dense twin: layer- and model-level comparisons for benchmarks/ and the
+`benchmark` command.
 
 Rules (docs/ARCHITECTURE.md, "How speed is measured"): one process, the same input for every candidate,
 warm-up first, median of many runs, and every LCNN figure next to its dense twin measured in the
@@ -439,7 +440,7 @@ def _thread_count(setting):
 def run_in_subprocess(job, threads):
     """Run ``_worker(job)`` in a fresh Python with ``threads`` OpenMP threads; its JSON result."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, '-m', 'gluon_lcnn.benchmark', '--worker',
+    proc = subprocess.run([sys.executable, '-m', 'gluon_lcnn.compare', '--worker',
                            json.dumps(job)], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, universal_newlines=True)
     if proc.returncode != 0:

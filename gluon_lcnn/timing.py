@@ -1,4 +1,4 @@
-"""Timing primitives shared by to_inference's kernel choice, gluon_lcnn.benchmark, benchmarks/
+"""Timing primitives shared by to_inference's kernel choice, gluon_lcnn.compare, benchmarks/
 and tools/.
 
 How speed is measured (docs/ARCHITECTURE.md, "How speed is measured"): in one process, on the
@@ -6,7 +6,7 @@ same input for every candidate, warm-up runs first, then many timed runs with th
 alternately round by round (so a shared machine's changing load hits them alike), and the median
 of each candidate's runs is its time.
 MXNet fixes its thread count when it starts, so comparisons across thread settings need one
-process per setting (``gluon_lcnn.benchmark.run_in_subprocess``).
+process per setting (``gluon_lcnn.compare.run_in_subprocess``).
 
 ``time_calls_interleaved`` is that loop; everything else here wraps it.
 """

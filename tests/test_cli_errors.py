@@ -214,7 +214,7 @@ def test_python_dash_m_prints_one_line(files):
 def test_benchmark_worker_reports_bad_input_in_one_line():
     job = dict(kind='models', models=['lenet_lcnn_fast'], batches=[1], density='published',
                size=28, seed=0, repeat=2, breakdown=False)
-    proc = subprocess.run([sys.executable, '-m', 'gluon_lcnn.benchmark', '--worker',
+    proc = subprocess.run([sys.executable, '-m', 'gluon_lcnn.compare', '--worker',
                            json.dumps(job)], cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
@@ -223,20 +223,20 @@ def test_benchmark_worker_reports_bad_input_in_one_line():
 
 
 def test_benchmark_run_passes_a_worker_error_on(monkeypatch):
-    from gluon_lcnn import benchmark
+    from gluon_lcnn import compare
 
     def failing(job, threads):
         raise RuntimeError('benchmark worker (OMP_NUM_THREADS=1) failed:\n'
                            'benchmark worker: error: bad input\n')
-    monkeypatch.setattr(benchmark, 'run_in_subprocess', failing)
-    parser = benchmark.add_arguments(argparse.ArgumentParser())
+    monkeypatch.setattr(compare, 'run_in_subprocess', failing)
+    parser = compare.add_arguments(argparse.ArgumentParser())
     args = parser.parse_args(['--model', 'lenet_lcnn_fast', '--threads', '1', '--size', '28',
                               '--batch', '1', '--density', '0.1'])
     with pytest.raises(ValueError, match='^bad input$'):
-        benchmark.run(args)
+        compare.run(args)
 
     def crashing(job, threads):
         raise RuntimeError('benchmark worker (OMP_NUM_THREADS=1) failed:\nTraceback ...\nKeyError')
-    monkeypatch.setattr(benchmark, 'run_in_subprocess', crashing)
+    monkeypatch.setattr(compare, 'run_in_subprocess', crashing)
     with pytest.raises(RuntimeError):   # a crash (a bug) is not turned into an error line
-        benchmark.run(args)
+        compare.run(args)

@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark helpers on tiny shapes: structure of the results, no speed claims.
+"""Smoke tests of gluon_lcnn.compare (LCNN vs dense twin) on tiny shapes: structure of the results, no speed claims.
 
 Budget: about 20 seconds (one subprocess for the CLI path).
 """
@@ -8,7 +8,7 @@ import json
 import mxnet as mx
 import pytest
 
-from gluon_lcnn import benchmark
+from gluon_lcnn import compare
 
 
 def _cells(line):
@@ -18,7 +18,7 @@ def _cells(line):
 
 @pytest.mark.parametrize('in_size', [(9, 8), None])
 def test_compare_layer_reports_both_paths(in_size):
-    row = benchmark.compare_layer(6, 5, 3, dictionary_size=4, density=0.25, in_size=in_size,
+    row = compare.compare_layer(6, 5, 3, dictionary_size=4, density=0.25, in_size=in_size,
                                   strides=2, padding=1, repeat=3, warmup=1)
     for key in ('dense_ms', 'lcnn_ms', 'lookup_ms', 'speedup', 'mac_ratio', 'lookup_gflops'):
         assert row[key] > 0, key
@@ -27,13 +27,13 @@ def test_compare_layer_reports_both_paths(in_size):
 
 
 def test_compare_layer_times_the_fc_form_of_a_covering_conv():
-    row = benchmark.compare_layer(4, 6, (3, 2), dictionary_size=3, density=0.3, in_size=(3, 2),
+    row = compare.compare_layer(4, 6, (3, 2), dictionary_size=3, density=0.3, in_size=(3, 2),
                                   repeat=3, warmup=1)
     assert row['out_size'] == '1x1' and row['fc_form_ms'] > 0 and row['speedup'] > 0
 
 
 def test_layer_shapes_of_a_zoo_model():
-    rows = benchmark.layer_shapes('lenet_lcnn_fast', size=28)
+    rows = compare.layer_shapes('lenet_lcnn_fast', size=28)
     assert [r['in_size'] for r in rows] == [(28, 28), (12, 12), None]
     assert [r['dictionary_size'] for r in rows] == [3, 8, 32]
 
@@ -45,19 +45,19 @@ def test_breakdown_of_a_net_with_branches():
     x = mx.nd.random.normal(shape=(1, 3, 9, 9))
     prepared(net, x)
     inf = deploy.to_inference(net, choose='sparse')
-    rows = benchmark.layer_breakdown(inf, x.shape, repeat=2, warmup=1)
+    rows = compare.layer_breakdown(inf, x.shape, repeat=2, warmup=1)
     assert len(rows) == 6 and all(r['ms'] > 0 and r['in_net_ms'] is None for r in rows)
 
 
 def test_dense_twin_name():
-    assert benchmark.dense_twin_name('alexnet_lcnn_fast') == 'alexnet'
-    assert benchmark.dense_twin_name('lenet_lcnn_accurate') == 'lenet'
+    assert compare.dense_twin_name('alexnet_lcnn_fast') == 'alexnet'
+    assert compare.dense_twin_name('lenet_lcnn_accurate') == 'lenet'
     with pytest.raises(ValueError, match='not an LCNN model'):
-        benchmark.dense_twin_name('alexnet')
+        compare.dense_twin_name('alexnet')
 
 
 def test_compare_models_with_breakdown():
-    rows = benchmark.compare_models('lenet_lcnn_fast', batches=(1, 2), density=0.1, size=28,
+    rows = compare.compare_models('lenet_lcnn_fast', batches=(1, 2), density=0.1, size=28,
                                     repeat=3, warmup=1, breakdown=True)
     assert [r['batch'] for r in rows] == [1, 2]
     for row in rows:
@@ -71,21 +71,21 @@ def test_compare_models_with_breakdown():
     assert all(r['in_net_ms'] is not None for r in rows[0]['lcnn_layers'])
     types = {r['type'] for r in rows[0]['lcnn_layers']}
     assert 'Dense' in types and types & {'MaxPool2D', 'LcnnMaxPool'}
-    text = benchmark.render_models(rows)
+    text = compare.render_models(rows)
     assert _cells(text.splitlines()[0])[0] == 'model' and 'per layer' in text
 
 
 def test_cli_runs_each_thread_setting_in_a_subprocess(tmp_path, capsys):
-    parser = benchmark.add_arguments(argparse.ArgumentParser())
+    parser = compare.add_arguments(argparse.ArgumentParser())
     args = parser.parse_args(['--model', 'lenet_lcnn_fast', '--batch', '1', '--threads', '1',
                               '--size', '28', '--density', '0.1', '--repeat', '2',
                               '--json', str(tmp_path / 'r.json'),
                               '--markdown', str(tmp_path / 'r.md')])
-    rows = benchmark.run(args)
+    rows = compare.run(args)
     assert len(rows) == 1 and rows[0]['threads'] == '1'
     assert json.loads((tmp_path / 'r.json').read_text())[0]['model'] == 'lenet_lcnn_fast'
     table_rows = [_cells(line) for line in capsys.readouterr().out.splitlines()
                   if line.startswith('|')]
     assert ['lenet_lcnn_fast', '0.1', '1', '1'] in [cells[:4] for cells in table_rows]
     with pytest.raises(ValueError, match='unknown model'):
-        benchmark.run(parser.parse_args(['--model', 'nonet_lcnn']))
+        compare.run(parser.parse_args(['--model', 'nonet_lcnn']))

@@ -14,7 +14,7 @@ from mxnet.gluon import HybridBlock, nn
 
 import gluon_lcnn
 from gluon_lcnn import deploy
-from gluon_lcnn.benchmark import randomize_batchnorm
+from gluon_lcnn.compare import randomize_batchnorm
 from gluon_lcnn.model_zoo import get_model, list_models, set_lookup_density
 from gluon_lcnn.nn import LookupConv2D, LookupDense
 from gluon_lcnn.nn.sparse import CoveringConv, LcnnMaxPool, SparseLookupConv2D, SparseLookupDense

@@ -6,7 +6,7 @@ import gluon_lcnn
 
 ROOT = os.path.dirname(gluon_lcnn.__file__)
 # Layers, conversion, counting and timing: none of them may sit on an import cycle.
-CORE = ('gluon_lcnn.nn', 'gluon_lcnn.deploy', 'gluon_lcnn.benchmark', 'gluon_lcnn.timing',
+CORE = ('gluon_lcnn.nn', 'gluon_lcnn.deploy', 'gluon_lcnn.compare', 'gluon_lcnn.timing',
         'gluon_lcnn.flops', 'gluon_lcnn.convert', 'gluon_lcnn.model_zoo')
 
 

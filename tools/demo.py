@@ -22,7 +22,7 @@ root = os.path.dirname(here)
 sys.path.insert(0, os.path.join(root, 'train_scripts'))
 
 import gluon_lcnn  # noqa: E402
-from gluon_lcnn import benchmark, deploy, flops, timing  # noqa: E402
+from gluon_lcnn import compare, deploy, flops, timing  # noqa: E402
 from gluon_lcnn.data import load_fashion_mnist  # noqa: E402
 from gluon_lcnn.training import load_checkpoint, parse_model_args  # noqa: E402
 from train_fashion_mnist import small_input_args  # noqa: E402
@@ -56,7 +56,7 @@ def main():
     model_args = parse_model_args(small_input_args(args.model))
     net = build_model_from(args.model, model_args)
     net.load_parameters(load_checkpoint(args.out)['params'], ctx=mx.cpu())
-    twin_name = benchmark.dense_twin_name(args.model)
+    twin_name = compare.dense_twin_name(args.model)
     twin = build_model_from(twin_name, model_args)
     shape = (1, 1, 28, 28)
 

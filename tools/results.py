@@ -124,7 +124,7 @@ def measure(args):
     """One dict per experiment: accuracy, MACs, density, latencies (ms, 1 thread)."""
     import mxnet as mx
     import numpy as np
-    from gluon_lcnn import benchmark, flops
+    from gluon_lcnn import compare, flops
     from gluon_lcnn.deploy import to_inference
     from gluon_lcnn.timing import medians, time_blocks_interleaved
     from gluon_lcnn.nn import density_report
@@ -168,7 +168,7 @@ def measure(args):
     by_model = {r['model']: r for r in rows}
     for row in rows:
         twin = row['model'] if row['variant'] == 'dense' else \
-            benchmark.dense_twin_name(row['model'])
+            compare.dense_twin_name(row['model'])
         twin_row = by_model[twin]
         row['dense_twin'] = twin
         row['theoretical_speedup'] = twin_row['macs'] / float(row['macs'])
