@@ -104,7 +104,7 @@ def main(argv=None):
     except (ValueError, OSError) as err:
         if os.environ.get('GLUON_LCNN_TRACEBACK'):
             raise
-        from .flops import error_line
+        from .cli_args import error_line
         print('gluon-lcnn %s: error: %s' % (name, error_line(err)), file=sys.stderr)
         return 1
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -151,7 +151,7 @@ def load_parameters(net, path, ctx=None, model=None):
     parameter file (empty, text, truncated) or holds the parameters of another model than
     ``model`` (or of other constructor arguments: --classes, --arg).
     """
-    from .flops import error_line
+    from .cli_args import error_line
     check_params_file(path)
     try:
         net.load_parameters(path, ctx=ctx or mx.cpu())
@@ -178,7 +178,7 @@ def _floats(text):
 
 def _shape(text):
     """'1,28,28' (C,H,W) or '1,1,28,28' (N,C,H,W, N ignored) -> (C, H, W)."""
-    from .flops import parse_shape
+    from .cli_args import parse_shape
     return parse_shape(text, ndim=(3, 4))[-3:]
 
 
@@ -193,7 +193,7 @@ def read_classes(path):
 
 def add_arguments(parser):
     """Options of ``python -m gluon_lcnn archive``."""
-    from .flops import add_model_arguments, positive_int
+    from .cli_args import add_model_arguments, positive_int
     add_model_arguments(parser)   # --model, --classes, --arg KEY=VALUE as in `export`
     parser.add_argument('--params', required=True, help='trained parameters (save_parameters)')
     parser.add_argument('--out', required=True, help='directory for the .mar')
@@ -221,7 +221,7 @@ def add_arguments(parser):
 def run(args):
     """Build the archive described by parsed ``args``; prints and returns 0."""
     from .export import default_input_shape
-    from .flops import check_input_shape, make_model, parse_kwargs
+    from .cli_args import check_input_shape, make_model, parse_kwargs
     check_params_file(args.params)   # before the classes file and the model are read
     classes = read_classes(args.classes_file) if args.classes_file else None
     kwargs = parse_kwargs(args.arg)

@@ -18,7 +18,7 @@ import numpy as np
 from mxnet.gluon import nn
 from tabulate import tabulate
 
-from . import flops
+from . import cli_args, flops
 from .deploy import to_inference
 from .model_zoo import get_model, list_models, set_lookup_density
 from .model_zoo.common import PUBLISHED_DENSITIES
@@ -407,14 +407,14 @@ def add_arguments(parser):
                         help="lookup densities: 'published' (model_zoo.PUBLISHED_DENSITIES, random "
                              "P; the zoo's assumed ones for models without published values), "
                              "a float for every layer, or 'init' (as initialised)")
-    parser.add_argument('--batch', type=flops.positive_int, nargs='+', default=[1, 32],
+    parser.add_argument('--batch', type=cli_args.positive_int, nargs='+', default=[1, 32],
                         help='batch sizes (1 = latency, larger = throughput)')
     parser.add_argument('--threads', type=_threads_option, nargs='+', default=['1', 'all'],
                         help="thread settings, each run in its own subprocess with "
                              "OMP_NUM_THREADS set; 'all' = every core")
-    parser.add_argument('--size', type=flops.positive_int, default=224,
+    parser.add_argument('--size', type=cli_args.positive_int, default=224,
                         help='input height and width')
-    parser.add_argument('--repeat', type=flops.positive_int, default=20,
+    parser.add_argument('--repeat', type=cli_args.positive_int, default=20,
                         help='timed runs per measurement')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--breakdown', action='store_true',
@@ -499,8 +499,8 @@ def run(args):
                              "float or 'init'" % name)
         # Before any subprocess: the input must fit both nets (shape inference only).
         for model in (name, twin):
-            flops.check_input_shape(get_model(model), shape, model,
-                                    label='--batch %d --size %d' % (shape[0], args.size))
+            cli_args.check_input_shape(get_model(model), shape, model,
+                                       label='--batch %d --size %d' % (shape[0], args.size))
     job = dict(kind='models', models=args.model, batches=args.batch, density=density,
                size=args.size, seed=args.seed, repeat=args.repeat, breakdown=args.breakdown)
     rows = []
@@ -534,7 +534,7 @@ if __name__ == '__main__':
         except ValueError as err:   # input the library refuses: one line for run() to pass on
             if os.environ.get('GLUON_LCNN_TRACEBACK'):
                 raise
-            print(_WORKER_ERROR + flops.error_line(err), file=sys.stderr)
+            print(_WORKER_ERROR + cli_args.error_line(err), file=sys.stderr)
             sys.exit(2)
         print(json.dumps(result))
     else:

@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 
 from .archive import _floats, _shape, check_params_file, read_classes
-from .flops import positive_int
+from .cli_args import positive_int
 
 __all__ = ['load_classifier', 'predict_files', 'add_arguments', 'run']
 
@@ -69,7 +69,7 @@ def _loading(what, load, *args, **kwargs):
     (garbage, another model's parameters, an input shape it cannot take) becomes one ValueError
     naming ``what``."""
     import mxnet as mx
-    from .flops import error_line
+    from .cli_args import error_line
     try:
         return load(*args, **kwargs)
     except (mx.base.MXNetError, AssertionError, ValueError) as err:
