@@ -19,6 +19,8 @@ import tempfile
 
 import mxnet as mx
 
+from .cli_args import check_params_file, load_parameters
+
 __all__ = ['HANDLER_ENTRY', 'serving_files', 'op_library_path', 'inference_net',
            'export_archive', 'load_parameters', 'add_arguments', 'run']
 
@@ -136,39 +138,6 @@ def export_archive(net, out_dir, model_name, input_shape, classes=None, mean=Non
 
 
 # --------------------------------------------------------------------------- CLI
-def check_params_file(path):
-    """FileNotFoundError / ValueError unless ``path`` is a file (existing, not a directory)."""
-    if os.path.isdir(path):
-        raise ValueError('%s is a directory, not a parameter file' % path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError('no parameter file at %s' % path)
-
-
-def load_parameters(net, path, ctx=None, model=None):
-    """``net.load_parameters(path, ctx)`` refusing bad input with a message naming the file.
-
-    FileNotFoundError when there is no such file; ValueError when it is a directory, no
-    parameter file (empty, text, truncated) or holds the parameters of another model than
-    ``model`` (or of other constructor arguments: --classes, --arg).
-    """
-    from .cli_args import error_line
-    check_params_file(path)
-    try:
-        net.load_parameters(path, ctx=ctx or mx.cpu())
-    except mx.base.MXNetError as err:
-        message = error_line(err)
-        if 'Invalid NDArray file format' in message:
-            raise ValueError('%s is not a parameter file written by save_parameters (%s)'
-                             % (path, message)) from err
-        raise ValueError('cannot load parameters from %s: %s' % (path, message)) from err
-    except AssertionError as err:
-        # Gluon's own hint (allow_missing / ignore_extra) is no use on the command line.
-        message = re.sub(r'\s*[^.]*(allow_missing|ignore_extra)[^.]*\.', '', error_line(err))
-        raise ValueError('%s does not hold parameters of %s as built here (another model, or '
-                         'other --classes / --arg?): %s' % (path, model or net.name, message)
-                         ) from err
-
-
 def _floats(text):
     try:
         return [float(v) for v in text.split(',')]

@@ -12,8 +12,8 @@ import os
 
 import mxnet as mx
 
-from .archive import load_parameters
-from .cli_args import add_model_arguments, check_input_shape, make_model, nchw_shape, parse_kwargs
+from .cli_args import (add_model_arguments, check_input_shape, load_parameters, make_model,
+                       nchw_shape, parse_kwargs)
 
 __all__ = ['export_model', 'default_input_shape', 'add_arguments', 'run']
 
