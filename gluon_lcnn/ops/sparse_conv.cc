@@ -8,7 +8,7 @@
 // compressed rows per output channel r: indptr (m+1,), and per non-zero e the dictionary index
 // q_e, the kernel offset i_e*kw + j_e and the value (see gluon_lcnn/nn/sparse.py:pack_lookup).
 //
-// How it is fast (DESIGN.md "Kernel facts"): S is copied once per call into zero-padded planes,
+// How it is fast: S is copied once per call into zero-padded planes,
 // split into sh*sw stride phases so that every shifted read is contiguous again. Each output row
 // is then computed in register blocks of up to 64 floats (8 vectors of 8): the block starts at
 // the bias, walks the channel's non-zeros with input offsets computed once per call (one
