@@ -22,6 +22,8 @@ def _max_rel(a, b):
     dict(shape=(2, 4, 10, 13), channels=5, kernel_size=(3, 5), strides=(1, 2), padding=(2, 1), d=7),
     dict(shape=(2, 3, 31, 31), channels=8, kernel_size=11, strides=4, padding=2, d=3),
     dict(shape=(4, 8, 6, 6), channels=3, kernel_size=1, strides=1, padding=0, d=16),
+    # One window covers the input (fc6-like): the FullyConnected path.
+    dict(shape=(3, 4, 5, 3), channels=6, kernel_size=(5, 3), strides=1, padding=0, d=7),
 ])
 @pytest.mark.parametrize('hybridize', [False, True])
 def test_conv_matches_dense_convolution(cfg, hybridize):

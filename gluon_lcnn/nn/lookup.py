@@ -82,7 +82,6 @@ class _LookupLayer(HybridBlock):
         self._form = form
         self._form_batch = None      # set by choose_forms: the training batch size
         self._seen_shape = None      # input shape of the last imperative call
-        self._active_form = None     # what the next graph is built with
         self.initial_sparsity = float(initial_sparsity)
         self.l1_lambda = float(l1_lambda)
         fan_in = kernel[0] * kernel[1] * self._dictionary_size
@@ -134,7 +133,7 @@ class _LookupLayer(HybridBlock):
 
     def _graph_form(self):
         """The form hybrid_forward builds. 'composed' needs the input width (D's full shape)."""
-        form = self._active_form or self.resolved_form()
+        form = self.resolved_form()
         if form == 'composed' and not all(self.dictionary.shape or (0,)):
             return 'factored'
         return form
@@ -164,7 +163,6 @@ class _LookupLayer(HybridBlock):
             if known and not all(known):
                 # Settle D's input width now, so the first graph can use the composed form.
                 self.dictionary.shape = self._dictionary_shape_for(x.shape)
-            self._active_form = self.resolved_form()
         return super().forward(x, *args)
 
     def _check_in_features(self, got):
@@ -413,8 +411,7 @@ def choose_forms(net, batch_size):
     chosen = OrderedDict()
     for name, layer in lookup_layers(net).items():
         layer._form_batch = int(batch_size)
-        layer._active_form = layer.resolved_form()
-        chosen[name] = layer._active_form
+        chosen[name] = layer.resolved_form()
     return chosen
 
 
