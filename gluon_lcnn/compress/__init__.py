@@ -1,0 +1,1 @@
+"""Accelerate a trained dense net: LCNN fine-tune, low-rank decomposition, magnitude pruning."""
