@@ -19,13 +19,11 @@ import numpy as np
 
 here = os.path.dirname(os.path.abspath(__file__))
 root = os.path.dirname(here)
-sys.path.insert(0, os.path.join(root, 'train_scripts'))
 
 import gluon_lcnn  # noqa: E402
 from gluon_lcnn import compare, deploy, flops, timing  # noqa: E402
 from gluon_lcnn.data import load_fashion_mnist  # noqa: E402
-from gluon_lcnn.training import load_checkpoint, parse_model_args  # noqa: E402
-from train_fashion_mnist import small_input_args  # noqa: E402
+from gluon_lcnn.training import load_checkpoint, parse_model_args, small_input_args  # noqa: E402
 
 
 def accuracy(net, x, y, batch=1000):

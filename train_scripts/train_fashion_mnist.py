@@ -16,37 +16,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_imagenet  # noqa: E402  (the training loop; this file only sets defaults)
-
-DEFAULTS = dict(dataset='fashion-mnist', data_shape='1,28,28', num_classes=10,
-                model='lenet_lcnn_accurate', batch_size=128, num_epochs=10, lr=0.05,
-                warmup_epochs=1.0, lr_mode='cosine', augment='none', wd=1e-4,
-                save_dir=os.path.join('checkpoints', 'fashion-mnist'))
-
-# Constructor options that fit each zoo family to 1x28x28 inputs.
-SMALL_INPUT_ARGS = {
-    'lenet': ['in_channels=1'],
-    'alexnet': ['thumbnail=True', 'input_size=28', 'in_channels=1'],
-    'resnet': ['thumbnail=True', 'in_channels=1'],
-    'vgg': ['thumbnail=True', 'input_size=28', 'in_channels=1'],
-    'jacintonet': ['thumbnail=True', 'in_channels=1'],
-}
-
-
-def small_input_args(model):
-    """--model-arg values for a zoo model name at 1x28x28 (family = the name's first part)."""
-    for family, args in SMALL_INPUT_ARGS.items():
-        if model.lower().startswith(family):
-            return list(args)
-    return []
+from gluon_lcnn.training import FASHION_MNIST_DEFAULTS, small_input_args  # noqa: E402
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument('--model', default=DEFAULTS['model'])
+    peek.add_argument('--model', default=FASHION_MNIST_DEFAULTS['model'])
     peek.add_argument('--model-arg', action='append', default=[])
     known, _ = peek.parse_known_args(argv)
-    defaults = dict(DEFAULTS)
+    defaults = dict(FASHION_MNIST_DEFAULTS)
     if not known.model_arg:
         defaults['model_arg'] = small_input_args(known.model)
     return train_imagenet.main(argv, defaults)
