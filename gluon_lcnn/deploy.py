@@ -51,8 +51,13 @@ class _Layer:
     """A conv-like layer in numpy form, ready to be folded and rebuilt.
 
     kind is 'conv' or 'dense'; exactly one of ``weight`` (dense layers) or ``lookup`` +
-    ``dictionary`` (lookup layers) is set. Arrays are float64 until the block is built.
+    ``dictionary`` (lookup layers) is set. A pruned Conv2D / Dense (exact zeros, density <=
+    PRUNED_DENSITY) is a lookup layer with identity dictionary: lookup = W, dictionary = None.
+    Arrays are float64 until the block is built.
     """
+
+    # Denser pruned weights are not worth timing on the sparse op: they stay dense layers.
+    PRUNED_DENSITY = 0.7
 
     def __init__(self, block):
         self.prefix = block.prefix
@@ -80,12 +85,22 @@ class _Layer:
             self.padding, self.dilation = tuple(kw['pad']), tuple(kw['dilate'])
             self.groups = kw['num_group']
             self.act = block.act._act_type if block.act is not None else None
+            self._sparse_weight_as_lookup()
         else:
             self.kind = 'dense'
             self.weight = _np(block.weight)
             self.bias = _np(block.bias) if block.bias is not None else None
             self.flatten = block._flatten
             self.act = block.act._act_type if block.act is not None else None
+            self._sparse_weight_as_lookup()
+
+    def _sparse_weight_as_lookup(self):
+        """A pruned weight (density <= PRUNED_DENSITY) becomes a lookup layer with identity
+        dictionary (P = W, D = None), so it is run or timed on the sparse op like one."""
+        if self.groups != 1 or self.dilation != (1, 1):
+            return  # the sparse op has neither
+        if np.count_nonzero(self.weight) <= self.PRUNED_DENSITY * self.weight.size:
+            self.lookup, self.weight = self.weight, None
 
     @property
     def is_lookup(self):
@@ -114,6 +129,8 @@ class _Layer:
         """Dense weight (m, c, kh, kw) or (units, in_units): W[r, :, i, j] = sum_q P[r,q,i,j] D[q]."""
         if not self.is_lookup:
             return self.weight
+        if self.dictionary is None:
+            return self.lookup
         d = self.dictionary.reshape(self.dictionary.shape[0], -1)
         if self.kind == 'dense':
             return self.lookup @ d
@@ -185,10 +202,13 @@ class _Layer:
     def build_sparse_fc(self, ctx):
         """A covering lookup conv as 1x1 dictionary conv + SparseLookupDense over (q, i, j)."""
         self.ctx = ctx
-        d, c = self.dictionary.shape[:2]
-        dictionary = nn.Conv2D(d, 1, in_channels=c, use_bias=False, prefix=self.prefix + 'dict_')
-        dictionary.initialize(ctx=ctx)
-        dictionary.weight.set_data(self._f32(self.dictionary.reshape(d, c, 1, 1)))
+        dictionary = None  # identity (a pruned conv): the fc reads x itself
+        if self.dictionary is not None:
+            d, c = self.dictionary.shape[:2]
+            dictionary = nn.Conv2D(d, 1, in_channels=c, use_bias=False,
+                                   prefix=self.prefix + 'dict_')
+            dictionary.initialize(ctx=ctx)
+            dictionary.weight.set_data(self._f32(self.dictionary.reshape(d, c, 1, 1)))
         # S (N, d, kh, kw) flattens in (q, i, j) order, the order of P's columns below.
         fc = SparseLookupDense(self._f32(self.lookup.reshape(self.lookup.shape[0], -1)),
                                bias=self._f32(self.bias), relu=self.act == 'relu',

@@ -4,7 +4,10 @@
 to learn every layer's input and output shape, then counts:
 
 - ``nn.Conv2D``: m * (c / groups) * kh * kw * H' * W' per image; ``nn.Dense``: units * in_units
-  per row;
+  per row. A weight with exact zeros (a magnitude-pruned layer) counts nnz(W) per output pixel
+  / row instead, as a sparse engine skips the zeros (``deploy.to_inference`` runs such layers
+  on the sparse op); its dense-equivalent count stays the full one. Weights without zeros
+  (every trained or randomly initialised dense layer) count in full;
 - lookup layers, training form (``LookupConv2D`` / ``LookupDense``) and inference form (the
   ``SparseLookupConv2D`` / ``SparseLookupDense`` blocks ``deploy.to_inference`` builds) alike,
   by the one formula ``lookup_macs``: what the inference op computes, S = D x (d * c MACs per
@@ -103,6 +106,18 @@ def _nnz(layer):
     return int((mx.nd.abs(layer.lookup.data()) > layer.threshold).sum().asscalar())
 
 
+def _weight_nnz(block):
+    """(nnz, density) of a Conv2D / Dense weight with exact zeros (pruned), else (None, None)."""
+    weight = block.weight
+    if weight._data is None:
+        return None, None
+    data = weight.data(weight.list_ctx()[0])
+    nnz = int((data != 0).sum().asscalar())
+    if nnz == data.size:
+        return None, None
+    return nnz, nnz / float(data.size)
+
+
 def _describe(block, in_shape, out_shape):
     """dict(kind, dense_macs, macs, nnz, density) for a counted block, else None."""
     if hasattr(block, 'lcnn_macs'):
@@ -120,13 +135,18 @@ def _describe(block, in_shape, out_shape):
         kw = block._kwargs
         m, c, groups = kw['num_filter'], in_shape[1], kw['num_group']
         macs = m * (c // groups) * int(np.prod(kw['kernel'])) * _positions(out_shape)
+        nnz, density = _weight_nnz(block)
         return dict(kind='conv' if groups == 1 else 'conv_g%d' % groups, dense_macs=macs,
-                    macs=macs, nnz=None, density=None)
+                    macs=macs if nnz is None else nnz * _positions(out_shape), nnz=nnz,
+                    density=density)
     if isinstance(block, nn.Dense):
         flatten = block._flatten
         in_units = int(np.prod(in_shape[1:])) if flatten else int(in_shape[-1])
-        macs = block._units * in_units * _dense_rows(in_shape, out_shape, flatten)
-        return dict(kind='dense', dense_macs=macs, macs=macs, nnz=None, density=None)
+        rows = _dense_rows(in_shape, out_shape, flatten)
+        macs = block._units * in_units * rows
+        nnz, density = _weight_nnz(block)
+        return dict(kind='dense', dense_macs=macs, macs=macs if nnz is None else nnz * rows,
+                    nnz=nnz, density=density)
     # Duck typing: the sparse inference blocks of gluon_lcnn.nn.sparse, or any like them.
     if hasattr(block, 'nnz') and hasattr(block, 'dictionary_size'):
         d = int(_value(block.dictionary_size))
