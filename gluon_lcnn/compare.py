@@ -25,6 +25,7 @@ from .model_zoo.common import PUBLISHED_DENSITIES
 from .nn.lookup import LookupConv2D, lookup_layers
 from .nn.sparse import (CoveringConv, SparseLookupConv2D, SparseLookupDense,
                         initialize_constants)
+from .quantize import quantize_int8
 from .timing import medians, time_block, time_blocks_interleaved
 
 __all__ = ['random_lookup', 'compare_layer', 'layer_shapes', 'randomize_batchnorm',
@@ -220,14 +221,18 @@ def total_macs(net, input_shape):
 
 
 def compare_models(name, batches=(1, 32), density='published', size=224, seed=0, repeat=20,
-                   warmup=3, max_seconds=10.0, breakdown=False):
+                   warmup=3, max_seconds=10.0, breakdown=False, int8=False):
     """Latency / throughput of zoo model ``name`` and its dense twin, measured in this process.
 
     Returns a list of OrderedDict rows, one per batch size, with ``dense_ms``, ``lcnn_ms``,
     ``speedup`` (median of per-round dense / LCNN ratios: the two run alternately), the best
     (least disturbed) run of each and their ratio ``speedup_min``, images/s of both (medians),
     ``mac_ratio`` (theoretical, from flops) and the kernel each lookup layer got; with
-    ``breakdown`` also per-layer times of both nets at the smallest batch.
+    ``breakdown`` also per-layer times of both nets at the smallest batch. With ``int8`` the
+    dense twin quantized by ``quantize_int8`` (calibrated on random images: a speed figure,
+    not an accuracy one) runs in the same interleaved rounds: ``int8_ms``, ``int8_min_ms``,
+    ``int8_speedup`` (dense / int8) and ``lcnn_vs_int8`` (int8 / LCNN), both medians of
+    per-round ratios.
     """
     twin = dense_twin_name(name)
     rows = []
@@ -237,7 +242,11 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
         dense, dense_train = build_inference(twin, shape, seed=seed)
         x = mx.nd.array(np.random.RandomState(seed).uniform(-1, 1, shape).astype(np.float32))
         kw = dict(repeat=repeat, warmup=warmup, max_seconds=max_seconds)
-        dense_t, lcnn_t = time_blocks_interleaved([dense, lcnn], x, **kw)
+        if int8:
+            quantized = _int8_twin(dense_train, shape, seed)
+            dense_t, lcnn_t, int8_t = time_blocks_interleaved([dense, lcnn, quantized], x, **kw)
+        else:
+            dense_t, lcnn_t = time_blocks_interleaved([dense, lcnn], x, **kw)
         dense_s, lcnn_s = medians([dense_t, lcnn_t])
         one = (1, 3, size, size)
         lcnn_macs, dense_macs = total_macs(lcnn_train, one), total_macs(dense_train, one)
@@ -254,11 +263,35 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
             ('dense_img_s', batch / dense_s), ('lcnn_img_s', batch / lcnn_s),
             ('kernels', OrderedDict((k, v['choice']) for k, v in lcnn.kernel_choices.items())),
         ])
+        if int8:
+            row.update(_int8_columns(dense_t, lcnn_t, int8_t, batch))
         if breakdown and batch == min(batches):  # latency analysis: the smallest batch only
             row['lcnn_layers'] = layer_breakdown(lcnn, shape, **kw)
             row['dense_layers'] = layer_breakdown(dense, shape, **kw)
         rows.append(row)
     return rows
+
+
+INT8_CALIB_IMAGES = 8   # random images: enough for the ranges a speed comparison needs
+
+
+def _int8_twin(dense_train, shape, seed):
+    """The dense training net (BatchNorm and all: MKLDNN fuses it) quantized to int8."""
+    rng = np.random.RandomState(seed + 1)
+    calib = [mx.nd.array(rng.uniform(-1, 1, (1,) + shape[1:]).astype(np.float32))
+             for _ in range(INT8_CALIB_IMAGES)]
+    return quantize_int8(dense_train, calib, input_shape=shape, calib_mode='naive')
+
+
+def _int8_columns(dense_t, lcnn_t, int8_t, batch):
+    int8_s = float(np.median(int8_t))
+    return OrderedDict([
+        ('int8_ms', int8_s * 1e3), ('int8_min_ms', min(int8_t) * 1e3),
+        ('int8_speedup', float(np.median(np.array(dense_t) / np.array(int8_t)))),
+        ('lcnn_vs_int8', float(np.median(np.array(int8_t) / np.array(lcnn_t)))),
+        ('int8_img_s', batch / int8_s),
+        ('int8_calibration', 'naive, %d random images' % INT8_CALIB_IMAGES),
+    ])
 
 
 def _density_label(name, density):
@@ -360,6 +393,8 @@ MODEL_COLUMNS = [('model', 'model'), ('density', 'P density'), ('threads', 'thre
                  ('lcnn_min_ms', 'LCNN best ms'), ('speedup_min', 'best-run speedup'),
                  ('mac_ratio', 'MAC ratio'),
                  ('dense_img_s', 'dense img/s'), ('lcnn_img_s', 'LCNN img/s')]
+INT8_COLUMNS = [('int8_ms', 'int8 ms'), ('int8_min_ms', 'int8 best ms'),
+                ('int8_speedup', 'int8 speedup'), ('lcnn_vs_int8', 'LCNN vs int8')]
 BREAKDOWN_COLUMNS = [('layer', 'layer'), ('type', 'type'), ('input', 'input'),
                      ('ms', 'alone ms'), ('in_net_ms', 'in-net ms')]
 
@@ -420,6 +455,10 @@ def add_arguments(parser):
     parser.add_argument('--breakdown', action='store_true',
                         help='also time every layer of both nets, alone and inside the net, at '
                              'the smallest batch (where the time goes)')
+    parser.add_argument('--int8', action='store_true',
+                        help='also time the dense twin quantized to int8 (MKLDNN, '
+                             'quantize.quantize_int8, calibrated on %d random images) in the same '
+                             'rounds; adds int8 ms and LCNN vs int8' % INT8_CALIB_IMAGES)
     parser.add_argument('--json', default=None, help='write all rows to this JSON file')
     parser.add_argument('--markdown', default=None, help='write the tables to this file')
     return parser
@@ -455,14 +494,20 @@ def _worker(job):
         for name in job['models']:
             rows.extend(compare_models(name, batches=job['batches'], density=job['density'],
                                        size=job['size'], seed=job['seed'], repeat=job['repeat'],
-                                       breakdown=job['breakdown']))
+                                       breakdown=job['breakdown'],
+                                       int8=job.get('int8', False)))
         return rows
     raise ValueError('unknown benchmark job %r' % job['kind'])
 
 
 def render_models(rows):
     """Markdown: the model table, then per-layer breakdowns where measured."""
-    out = [markdown_table(rows, MODEL_COLUMNS)]
+    int8 = [row for row in rows if 'int8_ms' in row]
+    out = [markdown_table(rows, MODEL_COLUMNS + (INT8_COLUMNS if int8 else []))]
+    if int8:
+        out.append('\nint8 = the dense twin quantized by quantize_int8 (MKLDNN; calibration: %s, '
+                   'so a speed figure, not an accuracy one), timed in the same rounds; '
+                   'LCNN vs int8 = int8 time / LCNN time.' % int8[0]['int8_calibration'])
     for row in rows:
         kernels = ', '.join('%s=%s' % kv for kv in row['kernels'].items())
         out.append('\nkernels of %s (%s threads, batch %d): %s'
@@ -502,7 +547,8 @@ def run(args):
             cli_args.check_input_shape(get_model(model), shape, model,
                                        label='--batch %d --size %d' % (shape[0], args.size))
     job = dict(kind='models', models=args.model, batches=args.batch, density=density,
-               size=args.size, seed=args.seed, repeat=args.repeat, breakdown=args.breakdown)
+               size=args.size, seed=args.seed, repeat=args.repeat, breakdown=args.breakdown,
+               int8=getattr(args, 'int8', False))
     rows = []
     for setting in args.threads:
         threads = _thread_count(setting)
