@@ -32,7 +32,7 @@ from mxnet.gluon import Block, HybridBlock, nn
 from mxnet.gluon.block import _BlockScope
 
 from .convert import replace_child
-from .flops import probe_forward
+from .flops import PRUNED_DENSITY, probe_forward
 from .nn.lookup import LookupConv2D, LookupDense
 from .nn.sparse import (CoveringConv, LcnnMaxPool, SparseLookupConv2D, SparseLookupDense,
                         initialize_constants)
@@ -52,12 +52,9 @@ class _Layer:
 
     kind is 'conv' or 'dense'; exactly one of ``weight`` (dense layers) or ``lookup`` +
     ``dictionary`` (lookup layers) is set. A pruned Conv2D / Dense (exact zeros, density <=
-    PRUNED_DENSITY) is a lookup layer with identity dictionary: lookup = W, dictionary = None.
-    Arrays are float64 until the block is built.
+    flops.PRUNED_DENSITY, 0.7) is a lookup layer with identity dictionary: lookup = W,
+    dictionary = None. Arrays are float64 until the block is built.
     """
-
-    # Denser pruned weights are not worth timing on the sparse op: they stay dense layers.
-    PRUNED_DENSITY = 0.7
 
     def __init__(self, block):
         self.prefix = block.prefix
@@ -95,11 +92,12 @@ class _Layer:
             self._sparse_weight_as_lookup()
 
     def _sparse_weight_as_lookup(self):
-        """A pruned weight (density <= PRUNED_DENSITY) becomes a lookup layer with identity
-        dictionary (P = W, D = None), so it is run or timed on the sparse op like one."""
+        """A pruned weight (density <= PRUNED_DENSITY; denser ones are not worth the sparse op)
+        becomes a lookup layer with identity dictionary (P = W, D = None), run or timed on the
+        sparse op like one."""
         if self.groups != 1 or self.dilation != (1, 1):
             return  # the sparse op has neither
-        if np.count_nonzero(self.weight) <= self.PRUNED_DENSITY * self.weight.size:
+        if np.count_nonzero(self.weight) <= PRUNED_DENSITY * self.weight.size:
             self.lookup, self.weight = self.weight, None
 
     @property

@@ -4,10 +4,11 @@
 to learn every layer's input and output shape, then counts:
 
 - ``nn.Conv2D``: m * (c / groups) * kh * kw * H' * W' per image; ``nn.Dense``: units * in_units
-  per row. A weight with exact zeros (a magnitude-pruned layer) counts nnz(W) per output pixel
-  / row instead, as a sparse engine skips the zeros (``deploy.to_inference`` runs such layers
-  on the sparse op); its dense-equivalent count stays the full one. Weights without zeros
-  (every trained or randomly initialised dense layer) count in full;
+  per row. A pruned weight, one with at most ``PRUNED_DENSITY`` (0.7) of its entries non-zero,
+  counts nnz(W) per output pixel / row instead, as the sparse engine skips the zeros
+  (``deploy.to_inference`` runs such layers on the sparse op); its dense-equivalent count stays
+  the full one. Denser weights count in full: every trained or randomly initialised dense layer
+  (whose few exact zeros, e.g. from a float32 uniform init, no engine would exploit);
 - lookup layers, training form (``LookupConv2D`` / ``LookupDense``) and inference form (the
   ``SparseLookupConv2D`` / ``SparseLookupDense`` blocks ``deploy.to_inference`` builds) alike,
   by the one formula ``lookup_macs``: what the inference op computes, S = D x (d * c MACs per
@@ -40,7 +41,11 @@ from .cli_args import (MAX_TENSOR_SIZE, add_model_arguments, build_model,  # noq
                        parse_shape, positive_int)
 from .nn.lookup import LookupConv2D, LookupDense
 
-__all__ = ['profile', 'Profile', 'lookup_macs', 'add_arguments', 'run']
+__all__ = ['profile', 'Profile', 'lookup_macs', 'add_arguments', 'run', 'PRUNED_DENSITY']
+
+# A Conv2D / Dense weight with at most this share of non-zeros is a pruned layer: counted at
+# nnz(W) here and deployed on the sparse op (identity dictionary) by deploy.to_inference.
+PRUNED_DENSITY = 0.7
 
 
 def _value(attr):
@@ -107,13 +112,14 @@ def _nnz(layer):
 
 
 def _weight_nnz(block):
-    """(nnz, density) of a Conv2D / Dense weight with exact zeros (pruned), else (None, None)."""
+    """(nnz, density) of a pruned Conv2D / Dense weight (density <= PRUNED_DENSITY), else
+    (None, None)."""
     weight = block.weight
     if weight._data is None:
         return None, None
     data = weight.data(weight.list_ctx()[0])
     nnz = int((data != 0).sum().asscalar())
-    if nnz == data.size:
+    if nnz > PRUNED_DENSITY * data.size:
         return None, None
     return nnz, nnz / float(data.size)
 

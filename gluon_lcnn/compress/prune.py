@@ -8,8 +8,10 @@ faster than the dense kernel.
 The sparsity rule (``prune_sparsities``, jacinto's): one uniform sparsity s for every prunable
 layer (Conv2D with groups 1 and dilation 1, Dense), the first convolution kept dense
 (``skip_first``: it sees the image, has few weights and is sensitive). s is the smallest value
-whose pruned net reaches the target MAC speed-up, counting each layer as it would be after
-``magnitude_prune`` (round(s * size) zeros). Sparsities are capped at ``MAX_SPARSITY``.
+whose pruned net reaches the target MAC speed-up, counting each layer as ``flops.profile``
+would after ``magnitude_prune`` (round(s * size) zeros; a layer counts at nnz(W) only once its
+density is <= ``flops.PRUNED_DENSITY`` = 0.7, so small targets get s = 0.3). Sparsities are
+capped at ``MAX_SPARSITY``.
 
 The schedule (``PruningSchedule``): sparsity 0 before ``begin_step``, the final sparsity s_f
 from ``end_step`` on, in between with t = (step - begin) / (end - begin)
@@ -35,7 +37,7 @@ import numpy as np
 from mxnet.gluon import nn
 
 from ..convert import _walk
-from ..flops import profile
+from ..flops import PRUNED_DENSITY, profile
 
 __all__ = ['prune_sparsities', 'magnitude_prune', 'PruningSchedule', 'GradualPruner',
            'masks_from_zeros', 'sparsity_report', 'prunable_layers', 'MAX_SPARSITY']
@@ -67,6 +69,11 @@ def prunable_layers(net):
 def _pruned_count(size, sparsity):
     """Weights ``magnitude_prune`` zeroes in a layer of ``size`` at ``sparsity``."""
     return min(size, int(np.floor(sparsity * size + 0.5)))
+
+
+def _counted(nnz, size):
+    """MACs per output pixel flops.profile charges a layer with ``nnz`` non-zero weights."""
+    return nnz if nnz <= PRUNED_DENSITY * size else size
 
 
 def _check_sparsity(name, path, value):
@@ -141,16 +148,17 @@ def prune_sparsities(net, input_shape, target_speedup, skip_first=True):
             if skip_first:
                 continue
         size = int(np.prod(block.weight.shape))
-        nnz = size if row['nnz'] is None else row['nnz']
+        nnz = int(np.count_nonzero(_weight_numpy(block)))
         layers.append((row['path'], size, nnz, row['dense_macs'] // size))
     if not layers:
         raise ValueError('prune_sparsities: the net has no prunable Conv2D / Dense layer%s'
                          % (' besides the first conv' if skip_first else ''))
     dense = counts.totals['dense_macs']
-    others = counts.totals['macs'] - sum(nnz * per for _, _, nnz, per in layers)
+    others = counts.totals['macs'] - sum(_counted(nnz, size) * per
+                                         for _, size, nnz, per in layers)
 
     def speedup(s):
-        macs = others + sum(min(nnz, size - _pruned_count(size, s)) * per
+        macs = others + sum(_counted(min(nnz, size - _pruned_count(size, s)), size) * per
                             for _, size, nnz, per in layers)
         return dense / float(macs) if macs else float('inf')
 
