@@ -13,13 +13,14 @@ from mxnet.contrib import quantization
 from mxnet.gluon import HybridBlock, SymbolBlock
 
 from .nn.lookup import LookupConv2D, LookupDense
-from .nn.sparse import CoveringConv, SparseLookupConv2D, SparseLookupDense
+from .nn.sparse import SparseLookupConv2D, SparseLookupDense
 
 __all__ = ['quantize_int8', 'CALIB_MODES', 'QUANTIZED_DTYPES']
 
 CALIB_MODES = ('naive', 'entropy')
 QUANTIZED_DTYPES = ('auto', 'int8', 'uint8')
-_LCNN_LAYERS = (LookupConv2D, LookupDense, SparseLookupConv2D, SparseLookupDense, CoveringConv)
+# CoveringConv may hold a plain Dense (deploy's 'dense_fc'); a sparse one inside is found too.
+_LCNN_LAYERS = (LookupConv2D, LookupDense, SparseLookupConv2D, SparseLookupDense)
 
 
 def quantize_int8(net, calib_data, input_shape=None, calib_mode='naive', num_calib_batches=None,
@@ -29,16 +30,18 @@ def quantize_int8(net, calib_data, input_shape=None, calib_mode='naive', num_cal
     Built with ``mx.contrib.quantization.quantize_net_v2`` (what ``quantize_net`` calls), in
     'full' mode, tensor-wise: the graph is first rewritten by the MKLDNN subgraph backend, which
     fuses Convolution + BatchNorm + ReLU (+ an elementwise sum of a residual branch) and
-    FullyConnected + ReLU into single operators; then every operator with an int8 kernel
-    (those fused convolutions and fully connected layers, pooling, flatten, concat) runs in
-    int8, with its output range taken from the calibration data: ``'naive'`` uses the min and
-    max seen, ``'entropy'`` the threshold minimizing the KL divergence from the fp32 outputs
-    (better for long-tailed activations, slower to calibrate). Operators without an int8 kernel
-    (softmax, Dropout (an identity at inference), custom ops, and layers named in
-    ``exclude_layers``) stay fp32 behind a dequantize. MXNet does not exclude any layer by
-    itself: the first convolution is quantized too, its input as int8 when the calibration
-    data has negative values (``quantized_dtype='auto'``, normalized images) and as uint8
-    otherwise. Calibration data should be real training images, preprocessed as at inference:
+    FullyConnected + a directly following ReLU into single operators (a BatchNorm after a
+    FullyConnected is not folded: it runs as an int8 BatchNorm; ``deploy.to_inference`` of
+    the dense net folds it first); then every operator with an int8 kernel (those fused
+    convolutions and fully connected layers, pooling, flatten, BatchNorm, concat) runs in int8,
+    with its output range taken from the calibration data: ``'naive'`` uses the min and max
+    seen, ``'entropy'`` the threshold minimizing the KL divergence from the fp32 outputs
+    (better for long-tailed activations, slower to calibrate). Dropout disappears (an identity
+    at inference). Operators without an int8 kernel (softmax, custom ops such as
+    ``LcnnMaxPool``'s ``lcnn_max_pool``) and layers named in ``exclude_layers`` stay fp32
+    between a dequantize and a quantize. MXNet does not exclude any layer by itself: the first
+    convolution is quantized too, its input as int8 when the calibration data has negative
+    values (``quantized_dtype='auto'``, normalized images) and as uint8 otherwise. Calibration data should be real training images, preprocessed as at inference:
     the ranges of random inputs are not those of real activations.
 
     Parameters
