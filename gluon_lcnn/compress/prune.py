@@ -22,7 +22,8 @@ from ``end_step`` on, in between with t = (step - begin) / (end - begin)
 and only recomputed every ``frequency`` steps (step counted from ``begin_step``; ``end_step``
 is always a pruning event). ``GradualPruner.on_step(step)``, called right after every
 ``trainer.step``, recomputes the masks by magnitude whenever the scheduled sparsity changes
-(a pruned weight is 0, the smallest magnitude, so it stays pruned) and multiplies the weights
+(after re-applying the old masks, so a pruned weight is 0, the smallest magnitude, and stays
+pruned: the update has moved it off zero by momentum) and multiplies the weights
 by the masks after every update, so pruned weights are exactly zero whatever momentum or
 weight decay do. Ties in magnitude are broken by position (lower flat index pruned first), so
 every Horovod worker, holding identical weights after the allreduced step, computes identical
@@ -333,10 +334,18 @@ class GradualPruner:
         self.masks, self._sparsities = masks, sparsities
 
     def on_step(self, step):
-        """Recompute the masks at a pruning event, then zero the pruned weights."""
+        """Zero the pruned weights; at a pruning event recompute the masks first."""
         sparsities = self.schedule.sparsity_at(step)
         if sparsities != self._sparsities:
+            # The update just moved pruned weights off zero: re-zero them before ranking
+            # magnitudes, so they rank lowest and stay pruned.
+            self._apply()
             self._update_masks(sparsities)
+        self._apply()
+
+    def _apply(self):
+        if self.masks is None:
+            return
         for path, block in self.layers.items():
             if self._sparsities[path] > 0:
                 _apply_mask(block, self.masks[path])
