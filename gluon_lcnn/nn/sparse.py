@@ -175,11 +175,32 @@ class SparseLookupConv2D(_SparseLookupBase):
     prefix : str or None
     fuse_dictionary : bool, default True
         Compute S = D x inside the sparse operator instead of a separate 1x1 F.Convolution.
+    residual : bool, default False
+        The block takes a second input of the conv output's shape, added before the ReLU:
+        ``block(x, shortcut) = relu(conv(x) + bias + shortcut)`` (a ResNet block's tail).
+    pool : ((kh, kw), (sh, sw), (ph, pw)) or None
+        Max pool the (activated) conv output inside the op, as ``LcnnMaxPool`` with these
+        sizes would; the block then returns the pooled map. Not together with ``residual``.
     """
 
     def __init__(self, lookup, bias=None, dictionary=None, strides=1, padding=0, relu=False,
-                 prefix=None, params=None, fuse_dictionary=True):
+                 prefix=None, params=None, fuse_dictionary=True, residual=False, pool=None):
         super().__init__(prefix=prefix, params=params)
+        self._residual = bool(residual)
+        self._pool = None
+        if pool is not None:
+            try:
+                self._pool = tuple(_pair(v, 'pool') for v in pool)
+            except (TypeError, ValueError):
+                self._pool = ()
+            if (len(self._pool) != 3 or min(self._pool[0]) < 1 or min(self._pool[1]) < 1
+                    or min(self._pool[2]) < 0
+                    or any(p >= k for p, k in zip(self._pool[2], self._pool[0]))):
+                raise ValueError('SparseLookupConv2D: pool must be (kernel, stride, pad) with '
+                                 'kernel, stride >= 1 and 0 <= pad < kernel, got %r' % (pool,))
+            if self._residual:
+                raise ValueError('SparseLookupConv2D: pool and residual cannot be fused '
+                                 'together')
         packed = pack_lookup(lookup)
         if len(packed.shape) != 4:
             raise ValueError('SparseLookupConv2D: lookup must be 4-D (m, d, kh, kw), got %s'
@@ -209,9 +230,15 @@ class SparseLookupConv2D(_SparseLookupBase):
     channels = property(lambda self: self._packed_shape[0])
     in_channels = property(lambda self: self._in_channels)
     relu = property(lambda self: self._relu)
+    residual = property(lambda self: self._residual)
+    pool = property(lambda self: self._pool)
 
-    def hybrid_forward(self, F, x, indptr, dict_index, kernel_offset, value, dictionary=None,
-                       bias=None):
+    def hybrid_forward(self, F, x, *shortcut, indptr, dict_index, kernel_offset, value,
+                       dictionary=None, bias=None):
+        if len(shortcut) != (1 if self._residual else 0):
+            raise ValueError('%s: expected %d input(s) (data%s), got %d'
+                             % (type(self).__name__, 1 + self._residual,
+                                ', shortcut' if self._residual else '', 1 + len(shortcut)))
         d = self.dictionary_size
         fused = dictionary is not None and self._fuse
         if dictionary is None or fused:
@@ -220,11 +247,17 @@ class SparseLookupConv2D(_SparseLookupBase):
             head = [F.Convolution(x, dictionary, kernel=(1, 1), num_filter=d, no_bias=True,
                                   name='dict')]
         args = head + [indptr, dict_index, kernel_offset, value] + (
-            [bias] if bias is not None else [])
+            [bias] if bias is not None else []) + list(shortcut)
+        fusion = {}
+        if self._residual:
+            fusion['residual'] = True
+        if self._pool is not None:
+            fusion.update(pool_kernel=self._pool[0], pool_stride=self._pool[1],
+                          pool_pad=self._pool[2])
         return F.lcnn_sparse_conv(*args, num_filter=self.channels, dictionary_size=d,
                                   kernel=self._kernel, stride=self._strides, pad=self._padding,
                                   relu=self._relu, no_bias=bias is None, with_dictionary=fused,
-                                  name='lookup')
+                                  name='lookup', **fusion)
 
     def __repr__(self):
         return ('{name}({cin} -> {m}, kernel_size={k}, stride={s}, padding={p}, '
@@ -232,7 +265,9 @@ class SparseLookupConv2D(_SparseLookupBase):
                     name=type(self).__name__, cin=self._in_channels, m=self.channels,
                     k=self._kernel, s=self._strides, p=self._padding, d=self.dictionary_size,
                     dict='' if self.has_dictionary else ' (identity)', dens=self.density,
-                    relu=', relu' if self._relu else '')
+                    relu=(', relu' if self._relu else '')
+                    + (', residual' if self._residual else '')
+                    + (', pool=%s' % (self._pool,) if self._pool else ''))
 
 
 class SparseLookupDense(_SparseLookupBase):

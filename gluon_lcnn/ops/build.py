@@ -24,8 +24,9 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIB_PATH = os.path.join(HERE, 'liblcnn_ops.so')
 STAMP_PATH = LIB_PATH + '.stamp'
-SOURCES = ('lib.cc', 'common.cc', 'sparse_conv.cc', 'sparse_dense.cc', 'max_pool.cc')
-HEADERS = ('common.h', 'vec.h')
+SOURCES = ('lib.cc', 'common.cc', 'sparse_conv.cc', 'lookup_kernel.cc', 'sparse_dense.cc',
+           'max_pool.cc')
+HEADERS = ('common.h', 'vec.h', 'lookup_kernel.h')
 BASE_FLAGS = ['-O3', '-std=gnu++17', '-fPIC', '-shared', '-fopenmp', '-ffp-contract=fast',
               '-fno-math-errno', '-Wall']
 

@@ -8,17 +8,20 @@
 // compressed rows per output channel r: indptr (m+1,), and per non-zero e the dictionary index
 // q_e, the kernel offset i_e*kw + j_e and the value (see gluon_lcnn/nn/sparse.py:pack_lookup).
 //
-// How it is fast: S is copied once per call into zero-padded planes,
-// split into sh*sw stride phases so that every shifted read is contiguous again. Each output row
-// is then computed in register blocks of up to 64 floats (8 vectors of 8): the block starts at
-// the bias, walks the channel's non-zeros with input offsets computed once per call (one
-// multiply-add of a contiguous shifted input row each), applies the fused ReLU and is stored
-// once, straight into the output. A row tail narrower than 64 uses a block of ceil(tail/8)
-// vectors whose spill into the next row is overwritten when that row is computed; narrow rows
-// (13x13 layers) are blocked 2-4 rows at a time so each non-zero's offset and value serve more
-// multiply-adds. Threads split (sample, row tile, output channel) items, channels innermost so a
-// tile's input rows stay in cache; every output is summed by one thread in a fixed order, so
-// results do not depend on the thread count.
+// Fused epilogue (attributes): relu, an optional `residual` input (N, m, Ho, Wo) added before
+// the ReLU (a ResNet block's shortcut: out = relu(conv + bias + residual)), and an optional max
+// pool (pool_kernel, pool_stride, pool_pad; MXNet's 'valid' convention) of the activated conv
+// output, so the op writes the pooled map directly. Pool and residual do not combine.
+//
+// How it is fast: S is copied once per call into zero-padded planes, split into sh*sw stride
+// phases so that every shifted read is contiguous again. Each output channel is computed over
+// the phase-plane width (lookup_kernel.h): its non-zeros become constant offsets into the
+// flattened planes and stream over one long contiguous run in register blocks of up to 96
+// floats; the sums go to a per-thread buffer and the epilogue writes the Wo valid columns of
+// each row (or the pooled map). Threads split (sample, row tile, output channel) items,
+// channels innermost so a tile's input rows stay in cache, dynamically (channels differ in
+// nnz); every output is summed by one thread in a fixed order, so results do not depend on the
+// thread count.
 #include <omp.h>
 
 #include <algorithm>
@@ -26,6 +29,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "lookup_kernel.h"
 #include "vec.h"
 
 namespace {
@@ -64,15 +68,53 @@ inline void deinterleave(const float* in, v8* out) {
   }
 }
 
+// Zeroed floats after the phase planes: a run's last register block reads up to kRunSlack
+// floats past the end of the last plane.
+constexpr int64_t kInputSlack = kRunSlack + kSlack;
+
 // Input positions: with_dictionary inserts the dictionary right after data and shifts the rest.
 constexpr int kDictInput = 1;
 
 struct ConvParam {
   int64_t m, d, kernel[2], stride[2], pad[2];
-  bool relu, no_bias, with_dictionary;
+  int64_t pool_kernel[2], pool_stride[2], pool_pad[2];  // pool_kernel (0, 0): no pooling
+  bool relu, no_bias, with_dictionary, residual;
   int indptr() const { return with_dictionary ? 2 : 1; }
-  int count() const { return (with_dictionary ? 6 : 5) + (no_bias ? 0 : 1); }
+  int count() const {
+    return (with_dictionary ? 6 : 5) + (no_bias ? 0 : 1) + (residual ? 1 : 0);
+  }
+  int residual_index() const { return count() - 1; }
+  bool pooled() const { return pool_kernel[0] > 0; }
 };
+
+// The fused pool's attributes: both kernel sizes or none, pad smaller than the kernel (a window
+// of padding only has no maximum), and no residual beside it.
+bool check_pool(const ConvParam& p) {
+  const bool any = p.pool_kernel[0] > 0 || p.pool_kernel[1] > 0;
+  if (any && (p.pool_kernel[0] == 0 || p.pool_kernel[1] == 0)) {
+    MX_ERROR_MSG << kOp << ": pool_kernel=(" << p.pool_kernel[0] << ", " << p.pool_kernel[1]
+                 << ") must be positive in both axes (or (0, 0): no pooling)";
+    return false;
+  }
+  if (!any && (p.pool_pad[0] > 0 || p.pool_pad[1] > 0 || p.pool_stride[0] > 1 ||
+               p.pool_stride[1] > 1)) {
+    MX_ERROR_MSG << kOp << ": pool_stride / pool_pad given without pool_kernel";
+    return false;
+  }
+  for (int k = 0; any && k < 2; ++k) {
+    if (p.pool_pad[k] >= p.pool_kernel[k]) {
+      MX_ERROR_MSG << kOp << ": pool_pad=(" << p.pool_pad[0] << ", " << p.pool_pad[1]
+                   << ") must be smaller than pool_kernel=(" << p.pool_kernel[0] << ", "
+                   << p.pool_kernel[1] << ")";
+      return false;
+    }
+  }
+  if (any && p.residual) {
+    MX_ERROR_MSG << kOp << ": residual and pool_kernel cannot be fused together";
+    return false;
+  }
+  return true;
+}
 
 bool parse(const Attrs& attrs, ConvParam* p) {
   const int64_t big = INT_MAX / 4;
@@ -83,7 +125,11 @@ bool parse(const Attrs& attrs, ConvParam* p) {
          get_pair(kOp, attrs, "pad", true, 0, 0, 4096, p->pad) &&
          get_bool(kOp, attrs, "relu", false, &p->relu) &&
          get_bool(kOp, attrs, "no_bias", false, &p->no_bias) &&
-         get_bool(kOp, attrs, "with_dictionary", false, &p->with_dictionary);
+         get_bool(kOp, attrs, "with_dictionary", false, &p->with_dictionary) &&
+         get_bool(kOp, attrs, "residual", false, &p->residual) &&
+         get_pair(kOp, attrs, "pool_kernel", true, 0, 0, 4096, p->pool_kernel) &&
+         get_pair(kOp, attrs, "pool_stride", true, 1, 1, 4096, p->pool_stride) &&
+         get_pair(kOp, attrs, "pool_pad", true, 0, 0, 4096, p->pool_pad) && check_pool(*p);
 }
 
 std::vector<const char*> input_names(const ConvParam& p) {
@@ -91,6 +137,7 @@ std::vector<const char*> input_names(const ConvParam& p) {
   if (p.with_dictionary) names.push_back("dictionary");
   for (const char* n : {"indptr", "dict_index", "kernel_offset", "value"}) names.push_back(n);
   if (!p.no_bias) names.push_back("bias");
+  if (p.residual) names.push_back("residual");
   return names;
 }
 
@@ -111,6 +158,7 @@ MXReturnValue infer_type(const Attrs& attrs, std::vector<int>* in_types,
   for (int t : {mxnet::ext::kInt32, mxnet::ext::kInt32, mxnet::ext::kInt32, mxnet::ext::kFloat32})
     want.push_back(t);
   if (!p.no_bias) want.push_back(mxnet::ext::kFloat32);
+  if (p.residual) want.push_back(mxnet::ext::kFloat32);
   if (!check_types(kOp, input_names(p), want, in_types)) return MX_FAIL;
   (*out_types)[0] = mxnet::ext::kFloat32;
   return MX_SUCCESS;
@@ -124,6 +172,27 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, const char* axis) 
     return -1;
   }
   return (in + 2 * p - k) / s + 1;
+}
+
+// The fused pool's output size along one axis of the conv output, or -1 with a message.
+int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, const char* axis) {
+  if (in == 0 || in + 2 * p < k) {
+    MX_ERROR_MSG << kOp << ": conv output " << axis << "=" << in << " with pool_pad " << p
+                 << " is smaller than pool_kernel (" << k << ")";
+    return -1;
+  }
+  return (in + 2 * p - k) / s + 1;
+}
+
+// The op's output shape (N, m, Ho', Wo') for conv output (ho, wo): pooled when pool_kernel is
+// set; false (with a message) when the pool does not fit.
+bool result_dims(const ConvParam& p, int64_t ho, int64_t wo, int64_t* rh, int64_t* rw) {
+  *rh = ho;
+  *rw = wo;
+  if (!p.pooled()) return true;
+  *rh = pooled_size(ho, p.pool_kernel[0], p.pool_stride[0], p.pool_pad[0], "height");
+  *rw = pooled_size(wo, p.pool_kernel[1], p.pool_stride[1], p.pool_pad[1], "width");
+  return *rh >= 0 && *rw >= 0;
 }
 
 // Checks the dictionary's shape against data (N, c, H, W): (d, c, 1, 1) or (d, c).
@@ -163,6 +232,12 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
   if (!check_known(kOp, names[0], data)) return MX_FAIL;
   if (p.with_dictionary && (*in)[kDictInput].empty())
     (*in)[kDictInput] = {static_cast<unsigned>(p.d), data[1], 1, 1};
+  const int64_t ho = out_size(data[2], p.kernel[0], p.stride[0], p.pad[0], "height");
+  const int64_t wo = out_size(data[3], p.kernel[1], p.stride[1], p.pad[1], "width");
+  if (ho < 0 || wo < 0) return MX_FAIL;
+  const std::vector<unsigned> conv_shape = {data[0], static_cast<unsigned>(p.m),
+                                            static_cast<unsigned>(ho), static_cast<unsigned>(wo)};
+  if (p.residual && (*in)[p.residual_index()].empty()) (*in)[p.residual_index()] = conv_shape;
   for (size_t k = 1; k < names.size(); ++k) {
     if (!check_known(kOp, names[k], (*in)[k])) return MX_FAIL;
   }
@@ -197,11 +272,15 @@ MXReturnValue infer_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
                  << shape_str((*in)[ib]);
     return MX_FAIL;
   }
-  const int64_t ho = out_size(data[2], p.kernel[0], p.stride[0], p.pad[0], "height");
-  const int64_t wo = out_size(data[3], p.kernel[1], p.stride[1], p.pad[1], "width");
-  if (ho < 0 || wo < 0) return MX_FAIL;
-  (*out)[0] = {data[0], static_cast<unsigned>(p.m), static_cast<unsigned>(ho),
-               static_cast<unsigned>(wo)};
+  if (p.residual && (*in)[p.residual_index()] != conv_shape) {
+    MX_ERROR_MSG << kOp << ": residual must have the conv output's shape "
+                 << shape_str(conv_shape) << ", got " << shape_str((*in)[p.residual_index()]);
+    return MX_FAIL;
+  }
+  int64_t rh, rw;
+  if (!result_dims(p, ho, wo, &rh, &rw)) return MX_FAIL;
+  (*out)[0] = {data[0], static_cast<unsigned>(p.m), static_cast<unsigned>(rh),
+               static_cast<unsigned>(rw)};
   return MX_SUCCESS;
 }
 
@@ -257,109 +336,6 @@ void dictionary_range(const float* X, int64_t T, int64_t C, const float* D, int6
       for (int64_t c = 0; c < C; ++c) acc += D[q * C + c] * X[c * T + t];
       S[q * T + t] = acc;
     }
-}
-
-// dst[0 .. 8*NV) = bias + sum_e val[e] * src[off[e] ..], ReLU'd if RELU: 8*NV outputs kept in
-// NV vector registers for the whole walk over the channel's non-zeros.
-template <int NV, bool RELU>
-inline void lookup_block(const float* __restrict src, const int32_t* __restrict off,
-                         const float* __restrict val, int64_t n, float bias,
-                         float* __restrict dst) {
-  v8 acc[NV];
-  for (int k = 0; k < NV; ++k) acc[k] = splat(bias);
-  for (int64_t e = 0; e < n; ++e) {
-    const float* in = src + off[e];
-    const v8 v = splat(val[e]);
-    for (int k = 0; k < NV; ++k) acc[k] += v * *reinterpret_cast<const v8u*>(in + 8 * k);
-  }
-  if (RELU) {
-    for (int k = 0; k < NV; ++k) acc[k] = relu(acc[k]);
-  }
-  for (int k = 0; k < NV; ++k) *reinterpret_cast<v8u*>(dst + 8 * k) = acc[k];
-}
-
-struct Channel {
-  const float* base;     // this sample's phase planes
-  const int32_t* off;    // input offsets of the channel's non-zeros
-  const float* val;
-  int64_t cnt;
-  float bias;
-  float* dst;            // output plane (Ho, Wo)
-  int64_t y0, y1;        // the output rows to compute (a tile of the plane)
-  int64_t wo, wph;       // output columns, phase-plane row length
-};
-
-// R rows of NV vectors at once (rows wph apart in the input, wo apart in the output): each
-// non-zero's offset and value are loaded once for R*NV multiply-adds. Rows are stored in
-// ascending order, so a row's spill past its end is overwritten by the next row.
-template <int R, int NV, bool RELU>
-inline void lookup_rows(const float* __restrict src, int64_t wph, const int32_t* __restrict off,
-                        const float* __restrict val, int64_t n, float bias,
-                        float* __restrict dst, int64_t wo) {
-  v8 acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int k = 0; k < NV; ++k) acc[r][k] = splat(bias);
-  for (int64_t e = 0; e < n; ++e) {
-    const float* in = src + off[e];
-    const v8 v = splat(val[e]);
-    for (int r = 0; r < R; ++r)
-      for (int k = 0; k < NV; ++k)
-        acc[r][k] += v * *reinterpret_cast<const v8u*>(in + r * wph + 8 * k);
-  }
-  for (int r = 0; r < R; ++r)
-    for (int k = 0; k < NV; ++k) {
-      if (RELU) acc[r][k] = relu(acc[r][k]);
-      *reinterpret_cast<v8u*>(dst + r * wo + 8 * k) = acc[r][k];
-    }
-}
-
-// Rows blocked together for a row of NV vectors (narrow layers): about 8-12 accumulators.
-constexpr int rows_for(int nv) { return nv <= 2 ? 4 : nv == 3 ? 3 : nv <= 6 ? 2 : 1; }
-
-// One output channel: full 64-wide blocks, then a tail of TAIL vectors per row (TAIL = 0: none).
-// Rows narrower than 64 are computed rows_for(TAIL) at a time.
-template <int TAIL, bool RELU>
-void lookup_channel(const Channel& c) {
-  const int64_t full = c.wo / 64 * 64;
-  // No spill past the tile: the next tile may be another thread's.
-  float* const end = c.dst + c.y1 * c.wo;
-  int64_t y = c.y0;
-  constexpr int R = rows_for(TAIL);
-  if (TAIL > 0 && R > 1 && full == 0) {
-    for (; y + R <= c.y1 && c.dst + (y + R - 1) * c.wo + 8 * TAIL <= end; y += R)
-      lookup_rows<R, (TAIL > 0 ? TAIL : 1), RELU>(c.base + y * c.wph, c.wph, c.off, c.val,
-                                                  c.cnt, c.bias, c.dst + y * c.wo, c.wo);
-  }
-  for (; y < c.y1; ++y) {
-    const float* src = c.base + y * c.wph;
-    float* row = c.dst + y * c.wo;
-    for (int64_t x = 0; x < full; x += 64)
-      lookup_block<8, RELU>(src + x, c.off, c.val, c.cnt, c.bias, row + x);
-    if (TAIL > 0) {
-      if (row + full + 8 * TAIL <= end) {
-        lookup_block<TAIL, RELU>(src + full, c.off, c.val, c.cnt, c.bias, row + full);
-      } else {  // the last row's spill would leave the plane: go through a buffer
-        float buf[8 * (TAIL > 0 ? TAIL : 1)];
-        lookup_block<TAIL, RELU>(src + full, c.off, c.val, c.cnt, c.bias, buf);
-        const int64_t rest = c.wo - full;  // < 8 * TAIL; short: no memcpy call
-        int64_t x = 0;
-        for (; x + 8 <= rest; x += 8)
-          *reinterpret_cast<v8u*>(row + full + x) = *reinterpret_cast<const v8u*>(buf + x);
-        for (; x < rest; ++x) row[full + x] = buf[x];
-      }
-    }
-  }
-}
-
-typedef void (*ChannelFn)(const Channel&);
-
-template <bool RELU>
-ChannelFn channel_fn(int tail) {
-  static const ChannelFn table[9] = {
-      lookup_channel<0, RELU>, lookup_channel<1, RELU>, lookup_channel<2, RELU>,
-      lookup_channel<3, RELU>, lookup_channel<4, RELU>, lookup_channel<5, RELU>,
-      lookup_channel<6, RELU>, lookup_channel<7, RELU>, lookup_channel<8, RELU>};
-  return table[tail];
 }
 
 // Splits one image row (W floats) into the sw phase rows dst[pj][w] = row[w*sw + pj - pw] of
@@ -483,11 +459,23 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int64_t Ho = out_size(H, kh, sh, p.pad[0], "height");
   const int64_t Wo = out_size(W, kw, sw, p.pad[1], "width");
   if (Ho < 0 || Wo < 0) return MX_FAIL;
+  int64_t Hr, Wr;  // the op's output: the conv output, or its pooled map
+  if (!result_dims(p, Ho, Wo, &Hr, &Wr)) return MX_FAIL;
   const std::vector<int64_t>& os = (*outputs)[0].shape;
-  if (os.size() != 4 || os[0] != N || os[1] != p.m || os[2] != Ho || os[3] != Wo) {
+  if (os.size() != 4 || os[0] != N || os[1] != p.m || os[2] != Hr || os[3] != Wr) {
     MX_ERROR_MSG << kOp << ": output shape " << shape_str(os) << " is not (" << N << ", "
-                 << p.m << ", " << Ho << ", " << Wo << ")";
+                 << p.m << ", " << Hr << ", " << Wr << ")";
     return MX_FAIL;
+  }
+  const float* residual = nullptr;
+  if (p.residual) {
+    const std::vector<int64_t>& rs = in[p.residual_index()].shape;
+    if (rs.size() != 4 || rs[0] != N || rs[1] != p.m || rs[2] != Ho || rs[3] != Wo) {
+      MX_ERROR_MSG << kOp << ": residual shape " << shape_str(rs) << " is not the conv "
+                   << "output's (" << N << ", " << p.m << ", " << Ho << ", " << Wo << ")";
+      return MX_FAIL;
+    }
+    residual = in[p.residual_index()].data<float>();
   }
   const int32_t* indptr = in[ip].data<int32_t>();
   const int32_t* dict_index = in[ip + 1].data<int32_t>();
@@ -507,8 +495,22 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int64_t sample = p.d * sh * sw * plane;  // floats of one sample's phase planes
   // With the fused dictionary, S = D x of each sample is staged before the phase split.
   const int64_t staged = p.with_dictionary ? p.d * H * W : 0;
+  // Output rows per tile: the input rows a tile reads from all phase planes stay within
+  // ~256 KB (half of L2), but a tile's run is at least one full register block; a fused pool
+  // needs the whole channel at once.
+  const int64_t rows_in = (kh - 1) / sh;  // extra phase rows a tile reads
+  const int64_t row_bytes = 4 * p.d * sh * sw * wph;
+  int64_t tile_rows = (256 << 10) / std::max<int64_t>(row_bytes, 1) - rows_in;
+  tile_rows = std::max<int64_t>(tile_rows, (kRunSlack + wph - 1) / wph);
+  if (p.pooled() || tile_rows > Ho) tile_rows = Ho;
+  tile_rows = std::max<int64_t>(tile_rows, 1);
+  const int64_t tiles = (Ho + tile_rows - 1) / tile_rows;
+  // Per thread: the sums of one tile (computed over the phase width) and a pool row buffer.
+  const int64_t threads = std::max(1, omp_get_max_threads());
+  const int64_t sums_floats = tile_rows * wph + kRunSlack + Wo + 16;
   const int64_t limit = INT_MAX;  // alloc_cpu takes an int byte count; the parts stay < limit/5
-  if (4 * (sample + staged + kSlack) > limit / 5 || 4 * (entries + kh * kw) > limit / 5) {
+  if (4 * (sample + staged + kInputSlack) > limit / 5 || 4 * (entries + kh * kw) > limit / 5 ||
+      4 * threads * sums_floats > limit / 5) {
     MX_ERROR_MSG << kOp << ": input " << shape_str(ds) << " is too large for one call";
     return MX_FAIL;
   }
@@ -518,11 +520,12 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   const int64_t nnz = indptr[p.m];
   // One allocation carved in parts: alloc_cpu hands out MXNet's temporary workspace, and a
   // second call would return (a resized) the same memory.
-  const int64_t phase_floats = chunk * sample + kSlack;
+  const int64_t phase_floats = chunk * sample + kInputSlack;
   const int64_t staged_floats = chunk * staged;
+  const int64_t buffer_floats = threads * sums_floats;
   const int64_t off_ints = std::max<int64_t>(nnz, 1) + kh * kw;
   char* scratch = static_cast<char*>(res.alloc_cpu(static_cast<int>(
-      4 * (phase_floats + staged_floats + off_ints) + 64)));
+      4 * (phase_floats + staged_floats + buffer_floats + off_ints) + 64)));
   if (!scratch) {
     MX_ERROR_MSG << kOp << ": could not allocate scratch memory";
     return MX_FAIL;
@@ -530,8 +533,10 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   float* phases = reinterpret_cast<float*>(
       scratch + (64 - reinterpret_cast<uintptr_t>(scratch) % 64) % 64);
   float* staging = phases + phase_floats;
-  int32_t* offsets = reinterpret_cast<int32_t*>(staging + staged_floats);
-  std::memset(phases + chunk * sample, 0, sizeof(float) * kSlack);
+  float* buffers = staging + staged_floats;
+  int32_t* offsets = reinterpret_cast<int32_t*>(buffers + buffer_floats);
+  // The last register block of a run reads past the last plane (its sums are discarded).
+  std::memset(phases + chunk * sample, 0, sizeof(float) * kInputSlack);
   // Kernel position (i, j) reads phase plane (i mod sh, j mod sw) shifted by (i / sh) rows and
   // (j / sw) columns: a table over the kh*kw positions keeps divisions out of the entry loop.
   int32_t* kernel_table = offsets + std::max<int64_t>(nnz, 1);
@@ -545,20 +550,17 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                  kernel_table[kernel_offset[e]];
   const float* X = in[0].data<float>();
   const float* D = p.with_dictionary ? in[kDictInput].data<float>() : nullptr;
-  const int64_t HW = H * W, dict_items = (HW + 255) / 256;
+  const int64_t m = p.m, d = p.d, HW = H * W;
+  // Dictionary work items: 256-pixel ranges times blocks of dictionary rows, so that a small
+  // map (13x13: one pixel range) still gives every thread work. The split is fixed by the
+  // shape, and each S value is summed over c in order whatever the split.
+  const int64_t pixel_items = std::max<int64_t>(1, (HW + 255) / 256);  // HW = 0: one no-op
+  const int64_t q_parts = std::min<int64_t>((d + 5) / 6, std::max<int64_t>(1, 8 / pixel_items));
+  const int64_t q_block = ((d + q_parts - 1) / q_parts + 5) / 6 * 6;
+  const int64_t q_items = (d + q_block - 1) / q_block;
+  const int64_t dict_items = pixel_items * q_items;
   float* O = (*outputs)[0].data<float>();
-  const int64_t m = p.m, d = p.d, out_plane = Ho * Wo;
-  const bool fuse_relu = p.relu;
-  const int tail = static_cast<int>((Wo % 64 + 7) / 8);
-  const ChannelFn channel = fuse_relu ? channel_fn<true>(tail) : channel_fn<false>(tail);
-  // Output rows per tile: the input rows a tile reads from all phase planes stay within ~96 KB
-  // (L2), in whole multiples of the row blocking.
-  const int64_t rows_in = (kh - 1) / sh + 1;  // extra phase rows a tile reads
-  const int64_t row_bytes = 4 * d * sh * sw * wph;
-  const int64_t group = rows_for(tail);
-  int64_t tile_rows = std::max<int64_t>(1, (96 << 10) / std::max<int64_t>(row_bytes, 1) - rows_in);
-  tile_rows = std::max<int64_t>(group, tile_rows / group * group);
-  const int64_t tiles = (Ho + tile_rows - 1) / tile_rows;
+  const int64_t conv_plane = Ho * Wo, out_plane = Hr * Wr;
   const int64_t planes_per_q = sh * sw * hph * wph;
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
     const int64_t nb = std::min(chunk, N - n0);
@@ -566,14 +568,17 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
     // divisions per work item cost as much as a small layer's whole channel.
 #pragma omp parallel
     {
-      // S of each sample: the input itself, or D x computed here in 256-pixel work items.
+      // S of each sample: the input itself, or D x computed here.
       const float* S = X + n0 * d * HW;
       if (p.with_dictionary) {
         for (int64_t n = 0; n < nb; ++n) {
 #pragma omp for schedule(static) nowait
-          for (int64_t item = 0; item < dict_items; ++item)
-            dictionary_range(X + (n0 + n) * C * HW, HW, C, D, d, item * 256,
-                             std::min(HW, item * 256 + 256), staging + n * d * HW);
+          for (int64_t item = 0; item < dict_items; ++item) {
+            const int64_t t0 = item / q_items * 256, q0 = item % q_items * q_block;
+            dictionary_range(X + (n0 + n) * C * HW, HW, C, D + q0 * C,
+                             std::min(q_block, d - q0), t0, std::min(HW, t0 + 256),
+                             staging + (n * d + q0) * HW);
+          }
         }
 #pragma omp barrier
         S = staging;
@@ -585,28 +590,33 @@ MXReturnValue forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                        phases + n * sample + q * planes_per_q);
       }
 #pragma omp barrier
+      float* sums = buffers + omp_get_thread_num() * sums_floats;
+      float* row_buf = sums + tile_rows * wph + kRunSlack;
+      Epilogue ep;
+      ep.relu = p.relu;
+      for (int k = 0; k < 2; ++k) {
+        ep.pool_kernel[k] = p.pool_kernel[k];
+        ep.pool_stride[k] = p.pool_stride[k];
+        ep.pool_pad[k] = p.pool_pad[k];
+      }
       // Work items (sample, row tile, channel), channels innermost: all channels of a tile
-      // reuse the same few input rows from cache. Dynamic chunks: channels differ in nnz.
+      // reuse the same input rows from cache. Dynamic chunks: channels differ in nnz.
       for (int64_t n = 0; n < nb; ++n) {
         for (int64_t tile = 0; tile < tiles; ++tile) {
-#pragma omp for schedule(dynamic, 8) nowait
+          const int64_t y0 = tile * tile_rows, y1 = std::min(Ho, y0 + tile_rows);
+          // The run ends at the tile's last valid column: no sums past it are needed.
+          const int64_t len = (y1 - y0 - 1) * wph + Wo;
+#pragma omp for schedule(dynamic, 4) nowait
           for (int64_t r = 0; r < m; ++r) {
-            Channel c;
-            c.base = phases + n * sample;
-            c.off = offsets + indptr[r];
-            c.val = value + indptr[r];
-            c.cnt = indptr[r + 1] - indptr[r];
-            c.bias = bias ? bias[r] : 0.f;
-            c.dst = O + ((n0 + n) * m + r) * out_plane;
-            c.y0 = tile * tile_rows;
-            c.y1 = std::min(Ho, c.y0 + tile_rows);
-            c.wo = Wo;
-            c.wph = wph;
-            if (c.cnt == 0) {
-              std::fill(c.dst + c.y0 * Wo, c.dst + c.y1 * Wo,
-                        fuse_relu ? relu(c.bias) : c.bias);
+            const int64_t plane_index = (n0 + n) * m + r;
+            lookup_run(phases + n * sample + y0 * wph, offsets + indptr[r], value + indptr[r],
+                       indptr[r + 1] - indptr[r], len, sums);
+            ep.bias = bias ? bias[r] : 0.f;
+            if (p.pooled()) {
+              finish_pooled(sums, wph, Ho, Wo, ep, Hr, Wr, row_buf, O + plane_index * out_plane);
             } else {
-              channel(c);
+              ep.residual = residual ? residual + plane_index * conv_plane : nullptr;
+              finish_rows(sums, wph, y0, y1, Wo, ep, O + plane_index * conv_plane);
             }
           }
         }
