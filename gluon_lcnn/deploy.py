@@ -387,8 +387,114 @@ def _time_candidates(candidates, shape, ctx, repeat, warmup, before=()):
     return medians(times)
 
 
+class FusedBasicBlock(HybridBlock):
+    """A ResNet BasicBlock ``relu(body(x) + shortcut(x))`` whose add and ReLU run inside the
+    body's last sparse conv (``SparseLookupConv2D(residual=True, relu=True)``): one op call
+    instead of three (conv, add, relu)."""
+
+    def __init__(self, head, tail, downsample, prefix=None):
+        super().__init__(prefix=prefix)
+        self.head = head          # the body without its last conv
+        self.tail = tail          # that conv, taking the shortcut as its residual input
+        self.downsample = downsample
+
+    def hybrid_forward(self, F, x):
+        shortcut = self.downsample(x) if self.downsample is not None else x
+        return self.tail(self.head(x), shortcut)
+
+
+def _with_fusion(block, ctx, **fusion):
+    """A copy of SparseLookupConv2D ``block`` (same constants) with ``fusion`` attributes."""
+    def const(param):
+        return None if param is None else param.data().asnumpy()
+    new = SparseLookupConv2D(block.lookup_dense(), bias=const(block.bias),
+                             dictionary=const(block.dictionary), strides=block.strides,
+                             padding=block.padding, relu=fusion.pop('relu', block.relu),
+                             prefix=block.prefix, fuse_dictionary=block._fuse, **fusion)
+    return initialize_constants(new, ctx)
+
+
+def _pool_spec(block):
+    """(kernel, stride, pad) of a max pool the sparse op can fuse, or None."""
+    if isinstance(block, nn.MaxPool2D):
+        block = _lcnn_pool(block)
+    if isinstance(block, LcnnMaxPool):
+        return (block._kernel, block._strides, block._padding)
+    return None
+
+
+def _fusable_basic_block(block):
+    """True for a zoo ResNet BasicBlockV1 whose body ends in a plain sparse conv."""
+    from .model_zoo.resnet import BasicBlockV1
+    if type(block) is not BasicBlockV1 or not _is_plain_sequence(block.body) \
+            or len(block.body._children) < 2:
+        return False
+    last = list(block.body._children.values())[-1]
+    return (isinstance(last, SparseLookupConv2D) and not last.relu and not last.residual
+            and last.pool is None)
+
+
+def _fusion_slots(parent, found):
+    """(parent, key, kind) below ``parent`` where a fusion applies: 'pool' marks a sparse conv
+    followed by a max pool in a plain sequence, 'residual' a fusable BasicBlock."""
+    children = list(parent._children.items())
+    for i, (key, child) in enumerate(children):
+        if _fusable_basic_block(child):
+            found.append((parent, key, 'residual'))
+            continue
+        if (_is_plain_sequence(parent) and isinstance(child, SparseLookupConv2D)
+                and not child.residual and child.pool is None and i + 1 < len(children)
+                and _pool_spec(children[i + 1][1]) is not None):
+            found.append((parent, key, 'pool'))
+        _fusion_slots(child, found)
+    return found
+
+
+def _fuse_epilogues(root, fuse, choose, choices, input_shape, ctx, kw):
+    """Fuse max pools and BasicBlock tails into the sparse convs before them: always for
+    ``fuse=True``; for ``fuse=None`` in 'auto' mode where it measures faster than the unfused
+    blocks, on the real input shape; record it in ``choices``."""
+    if fuse is False or (fuse is None and choose != 'auto'):
+        return
+    slots = _fusion_slots(root, [])
+    shapes = (_input_shapes(root, [(p, k) for p, k, _ in slots], input_shape, ctx)
+              if slots and input_shape else {})
+    for parent, key, kind in slots:
+        current = parent._children[key]
+        if kind == 'pool':
+            keys = list(parent._children)
+            pool_key = keys[keys.index(key) + 1]
+            pool = parent._children[pool_key]
+            fused = _with_fusion(current, ctx, pool=_pool_spec(pool))
+            unfused = nn.HybridSequential(prefix='timing_')
+            unfused.add(current, pool)
+            prefix = current.prefix
+        else:
+            body = list(current.body._children.values())
+            head = nn.HybridSequential(prefix='')
+            head.add(*body[:-1])
+            fused = FusedBasicBlock(head, _with_fusion(body[-1], ctx, residual=True, relu=True),
+                                    current.downsample, prefix=current.prefix)
+            unfused = current
+            prefix = body[-1].prefix
+        entry = choices.setdefault(prefix, OrderedDict([('choice', 'sparse')]))
+        if fuse is None:
+            shape = shapes.get((id(parent), key))
+            if shape is None:  # not reached by the forward pass: keep what is there
+                continue
+            t_unfused, t_fused = _time_candidates([unfused, fused], shape, **kw)
+            entry['unfused_s'], entry['fused_s'] = t_unfused, t_fused
+            if t_fused >= t_unfused:
+                entry['fusion'] = None
+                continue
+        entry['fusion'] = kind
+        replace_child(parent, key, fused)
+        if kind == 'pool':
+            del parent._children[pool_key]  # the conv writes the pooled map itself
+
+
 def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None, repeat=15,
-                 warmup=3):
+                 warmup=3, fuse=None):
     """Convert a trained net into an inference HybridBlock (the input net is left unchanged).
 
     Parameters
@@ -411,6 +517,15 @@ def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None,
         Where the new parameters live; default the context of ``net``'s parameters.
     repeat, warmup : int
         Timed runs (median) and warm-up runs per candidate in 'auto' mode.
+    fuse : bool or None
+        Fuse what follows a sparse conv into its op call: a max pool right after it (the op
+        writes the pooled map) and the add + ReLU of a zoo ResNet ``BasicBlockV1`` whose body
+        ends in a sparse conv (``FusedBasicBlock``; the shortcut is the op's residual input).
+        True fuses wherever possible, False never; None (default) times the fused against
+        the unfused blocks in 'auto' mode, after the kernel and pool choices, and keeps the
+        faster (in 'sparse' / 'dense' mode it does not fuse). The entry of a fused conv in
+        ``kernel_choices`` says 'fusion' ('pool', 'residual' or None when timed slower) and,
+        when timed, 'unfused_s' / 'fused_s'.
 
     Returns
     -------
@@ -425,6 +540,8 @@ def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None,
     if fast_pool not in (None, True, False):
         raise ValueError('to_inference: fast_pool must be None, True or False, got %r'
                          % (fast_pool,))
+    if fuse not in (None, True, False):
+        raise ValueError('to_inference: fuse must be None, True or False, got %r' % (fuse,))
     if not isinstance(net, Block):
         raise ValueError('to_inference: expected a gluon Block, got %s' % type(net).__name__)
     params = net.collect_params()
@@ -487,5 +604,9 @@ def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None,
             replace_child(parent, key, alternative)
     if len(root._children) == 1 and conv.pending and root is conv.pending[0][0]:
         root = root._children['0']
+    holder = nn.Sequential(prefix='')  # so that the root itself has a slot too
+    holder.add(root)
+    _fuse_epilogues(holder, fuse, choose, conv.choices, input_shape, ctx, kw)
+    root = holder._children['0']
     root.kernel_choices = conv.choices
     return root

@@ -365,3 +365,43 @@ def test_bad_arguments_raise():
         deploy.to_inference(net)
     with pytest.raises(ValueError, match='gluon Block'):
         deploy.to_inference(lambda v: v, choose='dense')
+
+
+@pytest.mark.parametrize('name', LCNN_MODELS)
+def test_zoo_lcnn_models_match_with_fused_epilogues(name):
+    kwargs, shape = _small(name)
+    net = get_model(name, **kwargs)
+    x = mx.nd.random.normal(shape=shape)
+    prepared(net, x, seed=2, density=0.1)
+    ref = net(x)
+    inf = deploy.to_inference(net, choose='sparse', fast_pool=True, fuse=True)
+    fused = [b for b in blocks_of(inf, SparseLookupConv2D) if b.pool or b.residual]
+    if name.startswith('resnet'):
+        assert blocks_of(inf, deploy.FusedBasicBlock) and any(b.residual for b in fused)
+    if name.startswith('alexnet'):
+        assert any(b.pool for b in fused) and not blocks_of(inf, LcnnMaxPool)
+    kinds = {inf.kernel_choices[b.prefix].get('fusion') for b in fused}
+    assert kinds <= {'pool', 'residual'}
+    inf.hybridize()
+    assert rel_err(inf(x), ref) < RTOL, name
+
+
+def test_fusion_is_timed_in_auto_mode_and_refused_when_malformed():
+    net = nn.HybridSequential(prefix='')
+    with net.name_scope():
+        net.add(LookupConv2D(8, 3, dictionary_size=4, padding=1, in_channels=3),
+                nn.Activation('relu'), nn.MaxPool2D(3, 2))
+    net.initialize()
+    x = mx.nd.random.normal(shape=(1, 3, 15, 15))
+    ref = net(x)
+    inf = deploy.to_inference(net, input_shape=x.shape, choose='auto', repeat=3, warmup=1)
+    entry = [v for k, v in inf.kernel_choices.items() if 'fused_s' in v]
+    if isinstance(inf[0], SparseLookupConv2D):  # dense may win the kernel choice: no fusion
+        assert len(entry) == 1 and entry[0]['fusion'] in ('pool', None)
+        assert (inf[0].pool is not None) == (entry[0]['fusion'] == 'pool')
+        assert len(inf) == (1 if inf[0].pool else 2)
+    assert rel_err(inf(x), ref) < RTOL
+    plain = deploy.to_inference(net, choose='sparse', fast_pool=True, fuse=False)
+    assert [type(b) for b in plain] == [SparseLookupConv2D, LcnnMaxPool]
+    with pytest.raises(ValueError, match='fuse'):
+        deploy.to_inference(net, choose='sparse', fuse='yes')

@@ -144,3 +144,38 @@ def test_block_validates_fusion_arguments():
     block.initialize()
     with pytest.raises(ValueError, match='expected 2 input'):
         block(mx.nd.ones((1, 3, 5, 5)))
+
+
+@pytest.mark.parametrize('hw,kernel,pad,fusion', [
+    ((2, 2), (1, 1), (0, 0), None), ((3, 2), (3, 3), (1, 1), 'residual'),
+    ((6, 6), (6, 6), (0, 0), None), ((5, 7), (3, 3), (1, 1), 'pool')])
+def test_narrow_planes_write_nothing_past_the_output(hw, kernel, pad, fusion):
+    # Rows narrower than a vector: the epilogue must stop at the plane's end, so the sample
+    # after the output view (a sentinel) stays untouched.
+    rng = np.random.RandomState(5)
+    m, d, n = 3, 4, 2
+    lookup = random_lookup((m, d) + kernel, 0.7, rng)
+    block = SparseLookupConv2D(lookup, bias=rng.randn(m), padding=pad,
+                               residual=fusion == 'residual',
+                               pool=POOLS['pool'] if fusion == 'pool' else None)
+    block.initialize()
+    x = rng.randn(n, d, *hw).astype(np.float32)
+    ho, wo = hw[0] + 2 * pad[0] - kernel[0] + 1, hw[1] + 2 * pad[1] - kernel[1] + 1
+    inputs = [mx.nd.array(x)]
+    shortcut = None
+    if fusion == 'residual':
+        shortcut = rng.randn(n, m, ho, wo).astype(np.float32)
+        inputs.append(mx.nd.array(shortcut))
+    want = reference(x, lookup, None, block.bias.data().asnumpy(), (1, 1), pad, False,
+                     POOLS['pool'] if fusion == 'pool' else None, shortcut)
+    consts = [getattr(block, k).data() for k in ('indptr', 'dict_index', 'kernel_offset',
+                                                  'value', 'bias')]
+    big = mx.nd.full((n + 1,) + want.shape[1:], 7.0)
+    attrs = dict(residual=True) if fusion == 'residual' else {}
+    if fusion == 'pool':
+        attrs = dict(pool_kernel=(3, 3), pool_stride=(2, 2))
+    mx.nd.lcnn_sparse_conv(*(inputs[:1] + consts + inputs[1:]), num_filter=m,
+                           dictionary_size=d, kernel=kernel, pad=pad, out=big[:n], **attrs)
+    got = big.asnumpy()
+    np.testing.assert_allclose(got[:n], want, rtol=1e-4, atol=1e-4)
+    assert (got[n] == 7.0).all()

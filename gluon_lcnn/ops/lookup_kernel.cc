@@ -62,9 +62,10 @@ void lookup_run(const float* src, const int32_t* off, const float* val, int64_t 
 
 namespace {
 
-// Rows before the tile's last are written in whole vectors: a row's spill past wo lands in the
-// next row, which is written after it. The last row stops at wo (the next plane may be another
-// thread's). Compile-time RELU / RES keep the loop free of branches.
+// A row is written in whole vectors when its spill past wo stays inside the tile's later rows,
+// which are written after it; otherwise (the last rows, narrow planes) it stops at wo: what
+// follows the tile may be another thread's. Compile-time RELU / RES keep the loop free of
+// branches.
 template <bool RELU, bool RES>
 void finish_rows_impl(const float* __restrict sums, int64_t wph, int64_t y0, int64_t y1,
                       int64_t wo, float bias, const float* __restrict residual,
@@ -75,7 +76,7 @@ void finish_rows_impl(const float* __restrict sums, int64_t wph, int64_t y0, int
     const float* s = sums + (y - y0) * wph;
     float* o = out + y * wo;
     const float* r = RES ? residual + y * wo : nullptr;
-    const int64_t whole = y + 1 < y1 ? vectors : wo / 8;
+    const int64_t whole = y * wo + 8 * vectors <= y1 * wo ? vectors : wo / 8;
     for (int64_t k = 0; k < whole; ++k) {
       v8 v = *reinterpret_cast<const v8u*>(s + 8 * k) + b;
       if (RES) v += *reinterpret_cast<const v8u*>(r + 8 * k);
