@@ -41,8 +41,9 @@ def quantize_int8(net, calib_data, input_shape=None, calib_mode='naive', num_cal
     ``LcnnMaxPool``'s ``lcnn_max_pool``) and layers named in ``exclude_layers`` stay fp32
     between a dequantize and a quantize. MXNet does not exclude any layer by itself: the first
     convolution is quantized too, its input as int8 when the calibration data has negative
-    values (``quantized_dtype='auto'``, normalized images) and as uint8 otherwise. Calibration data should be real training images, preprocessed as at inference:
-    the ranges of random inputs are not those of real activations.
+    values (``quantized_dtype='auto'``, normalized images) and as uint8 otherwise.
+    Calibration data should be real training images, preprocessed as at inference: the ranges
+    of random inputs are not those of real activations.
 
     Parameters
     ----------
