@@ -20,6 +20,8 @@ COMMANDS = {
     'benchmark': ('gluon_lcnn.compare', 'time LCNN layers/models against their dense twins'),
     'archive': ('gluon_lcnn.archive', 'package a trained model for MXNet Model Server (.mar)'),
     'predict': ('gluon_lcnn.predict', 'classify images with a trained or exported model'),
+    'compress': ('gluon_lcnn.compress.workflow',
+                 'accelerate a trained dense net: lcnn, lowrank, prune or int8, fine-tuned'),
 }
 
 _EPILOG = '''`gluon-lcnn COMMAND --help` shows a command's options. Bad input ends with one

@@ -94,7 +94,7 @@ def test_get_symbol_trains_with_module():
 
 
 def test_cli_dispatch_help_and_errors(capsys):
-    assert set(COMMANDS) == {'flops', 'export', 'benchmark', 'archive', 'predict'}
+    assert set(COMMANDS) == {'flops', 'export', 'benchmark', 'archive', 'predict', 'compress'}
     assert main([]) == 0
     assert 'flops' in capsys.readouterr().out
     with pytest.raises(SystemExit, match='unknown command'):
