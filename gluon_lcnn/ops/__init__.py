@@ -1,4 +1,5 @@
-"""The C++ sparse-lookup operator library (inference only: forward, CPU), with a max pool.
+"""The C++ sparse-lookup operator library (inference only: forward, CPU), with a max pool and a
+dense layer for float16 weights.
 
 ``load()`` builds ``liblcnn_ops.so`` when it is missing or older than its sources and registers
 its operators with MXNet once; ``import gluon_lcnn`` calls it. Afterwards these exist in
@@ -12,9 +13,17 @@ no_bias=False, with_dictionary=False)``
     tensor P (m, d, kh, kw) comes packed by ``gluon_lcnn.nn.sparse.pack_lookup``: compressed
     rows per output channel (indptr int32 (m+1,)), and per non-zero its dictionary index
     (int32), kernel offset i*kw + j (int32) and value (float32).
-``lcnn_sparse_dense(data, indptr, dict_index, value[, bias], num_hidden=u, dictionary_size=d,
-relu=False, no_bias=False)``
-    data (N, d) float32 -> (N, u) with P (u, d) packed the same way (no kernel offsets).
+``lcnn_sparse_dense(data, [dictionary,] indptr, dict_index, value[, bias], num_hidden=u,
+dictionary_size=d, relu=False, no_bias=False, with_dictionary=False, pixels=1,
+weight_dtype='float32')``
+    data (N, d) float32 -> (N, u) with P (u, d) packed the same way (no kernel offsets). With
+    ``with_dictionary=True`` data is x (N, c * pixels) and the op first computes S = D x with
+    the dictionary (d / pixels, c) stored as ``weight_dtype`` (float32 or float16); pixels > 1
+    is a conv whose kernel covers its input, x its flattened (c, kh, kw) map.
+``lcnn_dense(data, weight[, bias], num_hidden=u, relu=False, no_bias=False,
+weight_dtype='float32')``
+    data (N, in) float32 -> (N, u), weight (u, in) float32 or float16 (widened in registers,
+    float32 arithmetic): the dense layers of ``to_inference(..., weight_dtype='float16')``.
 ``lcnn_max_pool(data, kernel=(kh, kw), stride=(1, 1), pad=(0, 0))``
     data (N, C, H, W) float32 -> (N, C, H', W'), max pooling as MXNet's Pooling(pool_type='max',
     pooling_convention='valid') computes it (padding never wins; pad < kernel); for the
@@ -40,7 +49,7 @@ import mxnet as mx
 
 __all__ = ['load', 'autoload', 'lib_path', 'OP_NAMES']
 
-OP_NAMES = ('lcnn_sparse_conv', 'lcnn_sparse_dense', 'lcnn_max_pool')
+OP_NAMES = ('lcnn_sparse_conv', 'lcnn_sparse_dense', 'lcnn_max_pool', 'lcnn_dense')
 _lock = threading.Lock()
 _loaded = False
 

@@ -8,9 +8,9 @@ when a stamp (hash of sources, MXNet headers, compiler and flags) says the libra
 The library is written next to its sources: a checkout's ``gluon_lcnn/ops/``, or for an installed
 wheel (which carries the sources, never a built library) the installed package, on its first
 import.
-Vector code is portable GCC vector extensions: the build adds ``-mavx2 -mfma`` only when the
-building CPU has both (the library is built where it runs); on aarch64 NEON is baseline and
-other CPUs get generic code.
+Vector code is portable GCC vector extensions: the build adds ``-mavx2 -mfma`` (and ``-mf16c``)
+only when the building CPU has them (the library is built where it runs); on aarch64 NEON is
+baseline and other CPUs get generic code.
 """
 import argparse
 import hashlib
@@ -25,8 +25,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LIB_PATH = os.path.join(HERE, 'liblcnn_ops.so')
 STAMP_PATH = LIB_PATH + '.stamp'
 SOURCES = ('lib.cc', 'common.cc', 'sparse_conv.cc', 'lookup_kernel.cc', 'sparse_dense.cc',
-           'max_pool.cc')
-HEADERS = ('common.h', 'vec.h', 'lookup_kernel.h')
+           'max_pool.cc', 'dense.cc')
+HEADERS = ('common.h', 'vec.h', 'lookup_kernel.h', 'half.h', 'dense_product.h')
 BASE_FLAGS = ['-O3', '-std=gnu++17', '-fPIC', '-shared', '-fopenmp', '-ffp-contract=fast',
               '-fno-math-errno', '-Wall']
 
@@ -79,11 +79,14 @@ def _cpu_flags():
 
 
 def arch_flags(cxx):
-    """Extra ISA flags for the building CPU: AVX2+FMA where present, else none."""
+    """Extra ISA flags for the building CPU: AVX2+FMA where present (and F16C, which widens
+    float16 weights in one instruction, where that is present too), else none."""
     machine = platform.machine().lower()
     if machine in ('x86_64', 'amd64'):
-        if {'avx2', 'fma'} <= _cpu_flags() and _compiles(cxx, ['-mavx2', '-mfma']):
-            return ['-mavx2', '-mfma']
+        cpu = _cpu_flags()
+        if {'avx2', 'fma'} <= cpu and _compiles(cxx, ['-mavx2', '-mfma']):
+            f16c = ['-mf16c'] if 'f16c' in cpu and _compiles(cxx, ['-mf16c']) else []
+            return ['-mavx2', '-mfma'] + f16c
     return []
 
 

@@ -159,6 +159,20 @@ bool get_bool(const char* op, const Attrs& attrs, const char* key, bool def, boo
   return true;
 }
 
+bool get_weight_dtype(const char* op, const Attrs& attrs, const char* key, int* out) {
+  auto it = attrs.find(key);
+  if (it == attrs.end() || it->second == "float32") {
+    *out = mxnet::ext::kFloat32;
+  } else if (it->second == "float16") {
+    *out = mxnet::ext::kFloat16;
+  } else {
+    MX_ERROR_MSG << op << ": attribute " << key << "='" << it->second
+                 << "' is not a weight type: use 'float32' or 'float16'";
+    return false;
+  }
+  return true;
+}
+
 template <typename T>
 static std::string join_shape(const std::vector<T>& shape) {
   std::ostringstream os;

@@ -44,6 +44,9 @@ bool get_pair(const char* op, const Attrs& attrs, const char* key, bool has_defa
 // Boolean attribute: true/false in any case, 1 or 0 (as MXNet reads booleans).
 bool get_bool(const char* op, const Attrs& attrs, const char* key, bool def, bool* out);
 
+// Storage type of a weight input: 'float32' (the default) or 'float16', as an MXDType.
+bool get_weight_dtype(const char* op, const Attrs& attrs, const char* key, int* out);
+
 // Shape as text "(a, b, c)" for messages; unknown dimensions (infer_shape only) print as "?".
 std::string shape_str(const std::vector<unsigned int>& shape);
 std::string shape_str(const std::vector<int64_t>& shape);
