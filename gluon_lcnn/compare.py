@@ -195,12 +195,12 @@ def dense_twin_name(name):
 
 
 def build_inference(name, input_shape, density=None, seed=0, choose='auto', ctx=None,
-                    **model_kwargs):
+                    weight_dtype='float32', **model_kwargs):
     """A zoo model with random weights (and densities) -> ``to_inference`` -> hybridized block.
 
     density: None leaves P as initialised; 'published' uses the published per-layer densities
-    of ``name``; a float or a sequence is passed to ``set_lookup_density``.
-    Returns (inference block, training net).
+    of ``name``; a float or a sequence is passed to ``set_lookup_density``. ``weight_dtype``
+    goes to ``to_inference``. Returns (inference block, training net).
     """
     ctx = ctx or mx.cpu()
     mx.random.seed(seed)
@@ -210,7 +210,8 @@ def build_inference(name, input_shape, density=None, seed=0, choose='auto', ctx=
     randomize_batchnorm(net, seed)
     if density is not None:
         set_lookup_density(net, name if density == 'published' else density, seed=seed)
-    inf = to_inference(net, input_shape=input_shape, choose=choose, ctx=ctx)
+    inf = to_inference(net, input_shape=input_shape, choose=choose, ctx=ctx,
+                       weight_dtype=weight_dtype)
     inf.hybridize(static_alloc=True, static_shape=True)
     return inf, net
 
@@ -221,7 +222,8 @@ def total_macs(net, input_shape):
 
 
 def compare_models(name, batches=(1, 32), density='published', size=224, seed=0, repeat=20,
-                   warmup=3, max_seconds=10.0, breakdown=False, int8=False):
+                   warmup=3, max_seconds=10.0, breakdown=False, int8=False,
+                   weight_dtype='float32'):
     """Latency / throughput of zoo model ``name`` and its dense twin, measured in this process.
 
     Returns a list of OrderedDict rows, one per batch size, with ``dense_ms``, ``lcnn_ms``,
@@ -238,8 +240,10 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
     rows = []
     for batch in batches:
         shape = (batch, 3, size, size)
-        lcnn, lcnn_train = build_inference(name, shape, density=density, seed=seed)
-        dense, dense_train = build_inference(twin, shape, seed=seed)
+        # Both nets store their weights alike (weight_dtype): the twin stays a fair baseline.
+        lcnn, lcnn_train = build_inference(name, shape, density=density, seed=seed,
+                                           weight_dtype=weight_dtype)
+        dense, dense_train = build_inference(twin, shape, seed=seed, weight_dtype=weight_dtype)
         x = mx.nd.array(np.random.RandomState(seed).uniform(-1, 1, shape).astype(np.float32))
         kw = dict(repeat=repeat, warmup=warmup, max_seconds=max_seconds)
         if int8:
@@ -253,6 +257,7 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
         row = OrderedDict([
             ('model', name), ('dense_twin', twin), ('threads', _threads()), ('batch', batch),
             ('input', '%dx%d' % (size, size)), ('density', _density_label(name, density)),
+            ('weight_dtype', weight_dtype),
             ('dense_ms', dense_s * 1e3), ('lcnn_ms', lcnn_s * 1e3),
             # Median of per-round ratios: both nets ran alternately, under the same load.
             ('speedup', float(np.median(np.array(dense_t) / np.array(lcnn_t)))),
@@ -261,7 +266,9 @@ def compare_models(name, batches=(1, 32), density='published', size=224, seed=0,
             ('speedup_min', min(dense_t) / min(lcnn_t)),
             ('mac_ratio', dense_macs / lcnn_macs if lcnn_macs and dense_macs else None),
             ('dense_img_s', batch / dense_s), ('lcnn_img_s', batch / lcnn_s),
-            ('kernels', OrderedDict((k, v['choice']) for k, v in lcnn.kernel_choices.items())),
+            ('kernels', OrderedDict((k, v['choice'] + ('/float16' if v.get('weight_dtype') ==
+                                                       'float16' else ''))
+                                    for k, v in lcnn.kernel_choices.items())),
         ])
         if int8:
             row.update(_int8_columns(dense_t, lcnn_t, int8_t, batch))
@@ -455,6 +462,10 @@ def add_arguments(parser):
     parser.add_argument('--breakdown', action='store_true',
                         help='also time every layer of both nets, alone and inside the net, at '
                              'the smallest batch (where the time goes)')
+    parser.add_argument('--weight-dtype', default='float32', choices=('float32', 'float16'),
+                        help="to_inference's weight_dtype for both nets: float16 stores the "
+                             "fully connected layers' weights (dictionaries, classifier) as "
+                             "float16 where that measures faster")
     parser.add_argument('--int8', action='store_true',
                         help='also time the dense twin quantized to int8 (MKLDNN, '
                              'quantize.quantize_int8, calibrated on %d random images) in the same '
@@ -495,7 +506,8 @@ def _worker(job):
             rows.extend(compare_models(name, batches=job['batches'], density=job['density'],
                                        size=job['size'], seed=job['seed'], repeat=job['repeat'],
                                        breakdown=job['breakdown'],
-                                       int8=job.get('int8', False)))
+                                       int8=job.get('int8', False),
+                                       weight_dtype=job.get('weight_dtype', 'float32')))
         return rows
     raise ValueError('unknown benchmark job %r' % job['kind'])
 
@@ -548,7 +560,8 @@ def run(args):
                                        label='--batch %d --size %d' % (shape[0], args.size))
     job = dict(kind='models', models=args.model, batches=args.batch, density=density,
                size=args.size, seed=args.seed, repeat=args.repeat, breakdown=args.breakdown,
-               int8=getattr(args, 'int8', False))
+               int8=getattr(args, 'int8', False),
+               weight_dtype=getattr(args, 'weight_dtype', 'float32'))
     rows = []
     for setting in args.threads:
         threads = _thread_count(setting)
