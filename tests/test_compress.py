@@ -100,6 +100,7 @@ def test_int8_and_measured_speedup(dense, tmp_path):
     params, dense_top1 = dense
     report = compress('lenet', params, 'int8', 2, str(tmp_path), **FINETUNE)
     assert report['accuracy']['converted'] == pytest.approx(dense_top1, abs=0.02)
+    assert os.path.isfile(tmp_path / 'int8-symbol.json')
     for batch in ('1', '64'):
         m = report['measured'][batch]
         assert m['dense_ms'] > 0 and m['compressed_ms'] > 0

@@ -14,8 +14,8 @@ calibrated on training images; no fine-tune). Every method:
 2. converts (deterministically: ``--resume`` rebuilds the same net) and measures again;
 3. fine-tunes with the training loop of train_imagenet.py (every training flag applies:
    ``--lr``, ``--batch-size``, Horovod, checkpoints in OUT/finetune, ``--resume``);
-4. writes OUT/compressed.params, OUT/compress.json (what rebuilds the net: ``load_compressed``)
-   and OUT/report.json + report.md: accuracy dense -> converted -> fine-tuned, MAC speed-up
+4. writes OUT/compressed.params, OUT/compress.json (what rebuilds the net: ``load_compressed``;
+   int8 writes OUT/int8-symbol.json + int8-0000.params instead) and OUT/report.json + report.md: accuracy dense -> converted -> fine-tuned, MAC speed-up
    (dense MACs of the original net / MACs of the compressed one) and the speed-up of
    ``to_inference`` of the compressed net against ``to_inference`` of the dense net, measured
    interleaved in this process at batch 1 and 64 (rank 0 only).
@@ -285,6 +285,8 @@ def run(args):
         net, plan = _quantize(dense, train_data, args, ctx), {}
         acc['converted'] = _accuracy(net, val_data, ctx, hvd, args)
         history = []
+        if rank == 0:   # a quantized graph: symbol + params, for SymbolBlock.imports
+            net.export(os.path.join(args.out, 'int8'))
     else:
         plan = None
         if args.resume and os.path.isfile(spec_path):
