@@ -606,7 +606,7 @@ def to_inference(net, input_shape=None, choose='auto', fast_pool=None, ctx=None,
         timed in both precisions after the kernel choice and keeps the faster; 'sparse' /
         'dense' always use float16. Rounding each weight to 11 significant bits changes the
         outputs slightly: on LeNet-LCNN trained 300 steps on Fashion-MNIST the logits moved by
-        at most 1.6e-3 (they span ~27) and all 2000 top-1 predictions tested agreed
+        at most 1.4e-3 (they span ~28) and all 2000 top-1 predictions tested agreed
         (tests/test_fp16_weights.py; README, "Half-precision weights").
     fuse : bool or None
         Fuse what follows a sparse conv into its op call: a max pool right after it (the op
