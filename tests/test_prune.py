@@ -62,6 +62,15 @@ def test_magnitude_prune_zeroes_the_smallest_fraction():
     assert sparsity_report(net)['features.9'] == pytest.approx(0.9, abs=1e-6)
 
 
+def test_zero_sparsity_changes_nothing():
+    net = _lenet()
+    x = mx.nd.random.uniform(-1, 1, shape=MNIST)
+    ref = _predict(net, x)
+    masks = magnitude_prune(net, {path: 0.0 for path in prunable_layers(net)})
+    assert all(m.asnumpy().all() for m in masks.values())
+    np.testing.assert_array_equal(_predict(net, x), ref)
+
+
 def test_ties_go_by_position():
     net = nn.Dense(4, in_units=5)
     net.initialize()
