@@ -393,7 +393,8 @@ def _half_form(block, shape, ctx):
 
     nn.Dense -> LcnnDense; SparseLookupDense with a dictionary -> the same with a float16
     dictionary computed inside the op; CoveringConv -> SparseCoveringConv (sparse form) or
-    CoveringConv over an LcnnDense (dense form). Built from the block's own (folded) weights.
+    CoveringConv over an LcnnDense (dense form), as a Conv2D that covers its input. Built from
+    the block's own (folded) weights.
     """
     def const(param):
         return None if param is None else param.data().asnumpy()
@@ -410,6 +411,16 @@ def _half_form(block, shape, ctx):
 
     if isinstance(block, nn.Dense):
         return dense(block, block.prefix)
+    if isinstance(block, nn.Conv2D) and shape is not None and _covers(block, shape):
+        # A dense conv that is a fully connected layer (the dense twin's fc6).
+        fc = nn.Dense(block.weight.shape[0], in_units=int(np.prod(block.weight.shape[1:])),
+                      use_bias=block.bias is not None, prefix=block.prefix + 'fc_',
+                      activation=block.act._act_type if block.act is not None else None)
+        fc.initialize(ctx=ctx)
+        fc.weight.set_data(block.weight.data().reshape((fc.weight.shape)))
+        if block.bias is not None:
+            fc.bias.set_data(block.bias.data())
+        return CoveringConv(None, dense(fc, fc.prefix), prefix=block.prefix)
     if isinstance(block, SparseLookupDense) and block.has_dictionary and \
             block.weight_dtype == 'float32':
         return initialize_constants(SparseLookupDense(
@@ -429,10 +440,18 @@ def _half_form(block, shape, ctx):
     return None
 
 
+def _covers(conv, shape):
+    """Whether plain NCHW Conv2D ``conv``'s kernel covers its whole unpadded input ``shape``."""
+    kw = conv._kwargs
+    return (_is_conv_like(conv) and tuple(kw['kernel']) == tuple(shape[2:])
+            and tuple(kw['pad']) == (0, 0) and tuple(kw['dilate']) == (1, 1)
+            and kw['num_group'] == 1)
+
+
 def _half_slots(parent, found):
     """(parent, key) of every block below ``parent`` that may get float16 weights."""
     for key, child in parent._children.items():
-        if isinstance(child, (nn.Dense, SparseLookupDense, CoveringConv)):
+        if isinstance(child, (nn.Dense, nn.Conv2D, SparseLookupDense, CoveringConv)):
             found.append((parent, key))
         else:
             _half_slots(child, found)
@@ -448,15 +467,13 @@ def _store_half_weights(root, choose, choices, input_shape, ctx, kw):
         current = parent._children[key]
         shape = shapes.get((id(parent), key))
         half = _half_form(current, shape, ctx)
-        if half is None:
+        if half is None or (choose == 'auto' and shape is None):  # None: not reached
             continue
         entry = choices.setdefault(current.prefix, OrderedDict(
             [('choice', 'sparse' if isinstance(current, SparseLookupDense) else 'dense'),
              ('input_shape', shape)]))
         pick = 'float16'
         if choose == 'auto':
-            if shape is None:  # not reached by the forward pass: keep what is there
-                continue
             times = _time_candidates([current, half], shape, **kw)
             entry['float32_s'], entry['float16_s'] = times
             pick = 'float16' if times[1] < times[0] else 'float32'

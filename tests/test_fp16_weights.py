@@ -250,3 +250,14 @@ def test_covering_conv_gets_its_one_call_float16_form():
     assert isinstance(half.fc, LcnnDense) and half.fc.relu
     np.testing.assert_allclose(half(x).asnumpy(), dense_cover(x).asnumpy(), rtol=1e-2,
                                atol=1e-2)
+
+
+def test_dense_covering_conv_becomes_a_float16_fully_connected_layer():
+    from gluon_lcnn import deploy
+    conv = gluon.nn.Conv2D(6, 3, in_channels=4, activation='relu')
+    conv.initialize()
+    x = mx.nd.array(np.random.RandomState(4).randn(2, 4, 3, 3))
+    half = deploy._half_form(conv, x.shape, mx.cpu())
+    assert isinstance(half, CoveringConv) and isinstance(half.fc, LcnnDense) and half.fc.relu
+    np.testing.assert_allclose(half(x).asnumpy(), conv(x).asnumpy(), rtol=1e-2, atol=1e-2)
+    assert deploy._half_form(conv, (2, 4, 5, 5), mx.cpu()) is None  # does not cover 5x5
