@@ -119,7 +119,7 @@ def _check_target(name, target_speedup):
     return target
 
 
-def lowrank_ranks(net, input_shape, target_speedup, min_energy=None):
+def lowrank_ranks(net, input_shape, target_speedup, min_energy=None, skip=()):
     """Rank K per layer so that the decomposed net reaches ``target_speedup`` in MACs.
 
     Parameters
@@ -132,16 +132,19 @@ def lowrank_ranks(net, input_shape, target_speedup, min_energy=None):
         Wanted dense MACs / MACs of the decomposed net (``flops.profile`` counts).
     min_energy : float in [0, 1], optional
         Lowest kept-energy fraction accepted; a target that needs less is a ValueError.
+    skip : iterable of str
+        Paths of layers to keep as they are (e.g. the classifier: few MACs, and the layer the
+        accuracy is most sensitive to); their MACs still count.
 
     Returns
     -------
     OrderedDict path -> K of the layers to decompose (forward order), for ``to_lowrank``;
     ``lowrank_plan`` also returns the energy fraction and the MAC counts.
     """
-    return lowrank_plan(net, input_shape, target_speedup, min_energy)['ranks']
+    return lowrank_plan(net, input_shape, target_speedup, min_energy, skip)['ranks']
 
 
-def lowrank_plan(net, input_shape, target_speedup, min_energy=None):
+def lowrank_plan(net, input_shape, target_speedup, min_energy=None, skip=()):
     """``lowrank_ranks`` with its working: dict(ranks, energy, dense_macs, macs, speedup)."""
     target = _check_target('lowrank_ranks', target_speedup)
     floor = 0.0 if min_energy is None else float(min_energy)
@@ -149,6 +152,10 @@ def lowrank_plan(net, input_shape, target_speedup, min_energy=None):
         raise ValueError('lowrank_ranks: min_energy must be in [0, 1], got %r' % (min_energy,))
     counts = profile(net, input_shape)  # also initializes a fresh net
     candidates = decomposable_layers(net)
+    unknown = sorted(set(skip) - set(candidates))
+    if unknown:
+        raise ValueError('lowrank_ranks: skip names no decomposable layer: %s' % unknown)
+    candidates = OrderedDict((p, b) for p, b in candidates.items() if p not in set(skip))
     if not candidates:
         raise ValueError('lowrank_ranks: the net has no Conv2D (groups 1) or Dense layer')
     shapes = _layer_shapes(net, candidates, input_shape)

@@ -30,6 +30,7 @@ import time
 import mxnet as mx
 import numpy as np
 from mxnet import gluon
+from mxnet.gluon import nn
 
 from .. import flops, timing
 from ..model_zoo import get_model
@@ -144,8 +145,11 @@ def convert(net, method, target_speedup, input_shape, plan=None):
         plan = plan or dict(layers=lcnn_method.lcnn_plan(net, input_shape, target_speedup))
         return lcnn_method.apply_lcnn_plan(net, plan['layers'], plan.get('thresholds')), plan
     if method == 'lowrank':
-        from .lowrank import lowrank_ranks, to_lowrank
-        plan = plan or dict(ranks=lowrank_ranks(net, input_shape, target_speedup))
+        from .lowrank import decomposable_layers, lowrank_ranks, to_lowrank
+        # The classifier stays, as in the lcnn plan: few MACs, and the most sensitive layer.
+        classifier = [p for p, b in decomposable_layers(net).items() if isinstance(b, nn.Dense)]
+        plan = plan or dict(ranks=lowrank_ranks(net, input_shape, target_speedup,
+                                                skip=classifier[-1:]))
         return to_lowrank(net, plan['ranks']), plan
     if method == 'prune':
         from .prune import prune_sparsities
