@@ -4,7 +4,8 @@ several targets, as a user runs them; one table of accuracy and speed-up.
 1. trains the dense model with train_scripts/train_fashion_mnist.py (skipped when its
    checkpoint exists);
 2. runs ``python -m gluon_lcnn compress`` for each method and target (skipped when that run's
-   report.json exists, so an interrupted benchmark continues where it stopped);
+   report.json exists, so an interrupted benchmark continues where it stopped; ``--remeasure``
+   times the finished runs again, e.g. once the machine is quiet);
 3. writes benchmarks/results/compress_<model>.md + .json from the runs' reports: method, target,
    MAC speed-up, measured speed-up at batch 1 and 64 (``to_inference`` of the compressed net
    against ``to_inference`` of the dense net, interleaved in one process, one thread), top-1
@@ -45,6 +46,9 @@ def main():
     p.add_argument('--targets', type=float, nargs='+', default=[2.0, 4.0])
     p.add_argument('--methods', nargs='+', default=list(METHODS) + ['int8'],
                    choices=list(METHODS) + ['int8'])
+    p.add_argument('--remeasure', action='store_true',
+                   help='time every finished run again (e.g. on a quieter machine) before '
+                        'writing the table')
     p.add_argument('--work-dir', default=os.path.join(ROOT, 'runs', 'bench_compress'))
     p.add_argument('--out', default=None,
                    help='results path without extension (default benchmarks/results/'
@@ -72,6 +76,9 @@ def main():
                   '--params', dense_params, '--method', method, '--target-speedup',
                   str(target or 2), '--epochs', str(args.epochs), '--out', out, '--resume',
                   '--no-progress', '--no-horovod'], env)
+        elif args.remeasure:
+            _run([sys.executable, '-c', 'import sys; from gluon_lcnn.compress.workflow import '
+                  'remeasure; remeasure(sys.argv[1])', out], env)
         with open(os.path.join(out, 'report.json')) as f:
             reports.append(json.load(f))
     rows = []
@@ -98,7 +105,9 @@ def main():
     with open(out + '.json', 'w') as f:
         json.dump(dict(command=command, date=when, machine=load_start, reports=reports), f,
                   indent=1)
-    commands = ['- `%s`' % r['command'] for r in reports]
+    commands = ['- `%s`%s' % (r['command'], ' (measured again %s, %s)' % (
+        r['measured_date'], r['measured_machine']) if 'measured_date' in r else '')
+        for r in reports]
     text = ['`%s`' % command, '',
             '%s; at start: %s; this invocation: %.0f s (runs it reused keep their own time). '
             'Dense %s trained %d epochs on the 60k Fashion-MNIST training images; every '

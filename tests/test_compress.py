@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from gluon_lcnn.compress import compress, load_compressed
+from gluon_lcnn.compress.workflow import remeasure
 from gluon_lcnn.compress.lcnn import lcnn_plan
 from gluon_lcnn.data import load_fashion_mnist
 from gluon_lcnn.deploy import to_inference
@@ -101,6 +102,9 @@ def test_int8_and_measured_speedup(dense, tmp_path):
     report = compress('lenet', params, 'int8', 2, str(tmp_path), **FINETUNE)
     assert report['accuracy']['converted'] == pytest.approx(dense_top1, abs=0.02)
     assert os.path.isfile(tmp_path / 'int8-symbol.json')
+    again = remeasure(str(tmp_path))   # a finished run timed again, report rewritten
+    assert again['measured']['1']['dense_ms'] > 0 and 'measured_date' in again
+    assert json.load(open(tmp_path / 'report.json'))['measured_date'] == again['measured_date']
     for batch in ('1', '64'):
         m = report['measured'][batch]
         assert m['dense_ms'] > 0 and m['compressed_ms'] > 0

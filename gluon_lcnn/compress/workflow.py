@@ -40,7 +40,8 @@ from ..training import (FASHION_MNIST_DEFAULTS, add_training_arguments, check_tr
                         small_input_args)
 from . import lcnn as lcnn_method
 
-__all__ = ['compress', 'load_compressed', 'convert', 'add_arguments', 'run', 'METHODS']
+__all__ = ['compress', 'load_compressed', 'remeasure', 'convert', 'measure_speedup',
+           'add_arguments', 'run', 'METHODS']
 
 METHODS = ('lcnn', 'lowrank', 'prune', 'int8')
 SPEC_FILE = 'compress.json'
@@ -224,13 +225,41 @@ def load_compressed(out_dir, ctx=None):
     compress.json), rebuilt from the dense checkpoint it names."""
     spec = json.load(open(os.path.join(out_dir, SPEC_FILE)))
     ctx = ctx or mx.cpu()
-    args = argparse.Namespace(**spec['args'])
-    args.data_shape = tuple(args.data_shape)
+    if spec['method'] == 'int8':
+        return gluon.SymbolBlock.imports(os.path.join(out_dir, 'int8-symbol.json'), ['data'],
+                                         os.path.join(out_dir, 'int8-0000.params'), ctx=ctx)
+    args = _spec_args(spec)
     net, _ = convert(build_dense(args, ctx), spec['method'], spec['target_speedup'],
                      (1,) + args.data_shape, spec['plan'])
     net(mx.nd.zeros((1,) + args.data_shape, ctx=ctx))
     ckpt.load_params_file(net, os.path.join(out_dir, 'compressed.params'), ctx=ctx)
     return net
+
+
+def _spec_args(spec):
+    args = argparse.Namespace(**spec['args'])
+    args.data_shape = tuple(args.data_shape)
+    return args
+
+
+def remeasure(out_dir, ctx=None):
+    """Time a finished run again (e.g. on a quieter machine): rebuilds the dense and the
+    compressed net, replaces the report's ``measured`` figures and rewrites report.json / .md.
+    The thread count is the process's (``OMP_NUM_THREADS``)."""
+    ctx = ctx or mx.cpu()
+    spec = json.load(open(os.path.join(out_dir, SPEC_FILE)))
+    with open(os.path.join(out_dir, 'report.json')) as f:
+        report = json.load(f)
+    args = _spec_args(spec)
+    dense = build_dense(args, ctx)
+    measured = measure_speedup(dense, load_compressed(out_dir, ctx), args.data_shape, ctx,
+                               int8=spec['method'] == 'int8')
+    report.update(measured={str(b): m for b, m in measured.items()},
+                  measured_date=datetime.datetime.utcnow().strftime('%Y-%m-%d %H:%M UTC'),
+                  measured_machine=timing.machine_summary(),
+                  threads=os.environ.get('OMP_NUM_THREADS', 'default'))
+    _write_report(out_dir, report)
+    return report
 
 
 def _accuracy(net, val_data, ctx, hvd, args):
@@ -253,12 +282,15 @@ def _write_report(out, report):
         report['method'], '-' if report['method'] == 'int8' else '%gx' % report['target_speedup'],
         report['mac_speedup'], cell(1), cell(64), acc['dense'], acc['converted'],
         '-' if acc['finetuned'] is None else '%.4f' % acc['finetuned']))
+    when = report['date'] + ('; measured again %s (%s)' % (report['measured_date'],
+                                                           report['measured_machine'])
+                             if 'measured_date' in report else '')
     text = ['# %s: %s of %s' % (os.path.basename(os.path.abspath(out)), report['method'],
                                 report['model']), '',
             '`%s`' % report['command'], '',
             '%s; %s; %d worker(s); compute %.0f s. Measured: `to_inference` of each net, '
             'interleaved in one process (%s thread(s)), median.' % (
-                report['date'], report['machine'], report['workers'], report['seconds'],
+                when, report['machine'], report['workers'], report['seconds'],
                 report['threads']), ''] + rows + ['']
     with open(os.path.join(out, 'report.md'), 'w') as f:
         f.write('\n'.join(text))
@@ -285,20 +317,24 @@ def run(args):
     log.info('compress %s: dense %s top-1 %.4f' % (args.method, args.model, acc['dense']))
     dense_macs = flops.profile(dense, input_shape).totals['dense_macs']
 
+    spec = dict(method=args.method, target_speedup=args.target_speedup, model=args.model,
+                dense_sha256=dense_sha, plan=None, args=_jsonable(vars(args)))
     if args.method == 'int8':
         net, plan = _quantize(dense, train_data, args, ctx), {}
+        spec['plan'] = plan
         acc['converted'] = _accuracy(net, val_data, ctx, hvd, args)
         history = []
         if rank == 0:   # a quantized graph: symbol + params, for SymbolBlock.imports
             net.export(os.path.join(args.out, 'int8'))
+            ckpt.write_json_atomic(spec_path, spec)
     else:
         plan = None
         if args.resume and os.path.isfile(spec_path):
-            spec = json.load(open(spec_path))
-            if (spec['method'], spec['dense_sha256']) != (args.method, dense_sha):
+            earlier = json.load(open(spec_path))
+            if (earlier['method'], earlier['dense_sha256']) != (args.method, dense_sha):
                 raise ValueError('--resume: %s is a %s run of another dense checkpoint; use a '
-                                 'new --out' % (spec_path, spec['method']))
-            plan = spec['plan']
+                                 'new --out' % (spec_path, earlier['method']))
+            plan = earlier['plan']
         net, plan = convert(build_dense(args, ctx), args.method, args.target_speedup,
                             input_shape, plan)
         net(mx.nd.zeros(input_shape, ctx=ctx))
@@ -310,8 +346,7 @@ def run(args):
         else:
             acc['converted'] = _accuracy(net, val_data, ctx, hvd, args)
         log.info('compress %s: converted top-1 %.4f' % (args.method, acc['converted']))
-        spec = dict(method=args.method, target_speedup=args.target_speedup, model=args.model,
-                    dense_sha256=dense_sha, plan=plan, args=_jsonable(vars(args)))
+        spec['plan'] = plan
         if rank == 0:
             ckpt.write_json_atomic(spec_path, spec)
         from ..nn.lookup import choose_forms
