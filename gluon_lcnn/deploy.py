@@ -399,10 +399,12 @@ def _half_form(block, shape, ctx):
     def const(param):
         return None if param is None else param.data().asnumpy()
 
-    def dense(fc, prefix):
+    def dense(fc, prefix, weight=None):
         act = fc.act._act_type if fc.act is not None else None
-        new = LcnnDense(const(fc.weight), const(fc.bias), relu=act == 'relu',
-                        flatten=fc._flatten, weight_dtype='float16', prefix=prefix)
+        weight = const(fc.weight) if weight is None else weight
+        new = LcnnDense(weight, const(fc.bias), relu=act == 'relu',
+                        flatten=getattr(fc, '_flatten', True), weight_dtype='float16',
+                        prefix=prefix)
         if act in (None, 'relu'):
             return initialize_constants(new, ctx)
         seq = nn.HybridSequential(prefix=prefix + 'act_')
@@ -413,14 +415,10 @@ def _half_form(block, shape, ctx):
         return dense(block, block.prefix)
     if isinstance(block, nn.Conv2D) and shape is not None and _covers(block, shape):
         # A dense conv that is a fully connected layer (the dense twin's fc6).
-        fc = nn.Dense(block.weight.shape[0], in_units=int(np.prod(block.weight.shape[1:])),
-                      use_bias=block.bias is not None, prefix=block.prefix + 'fc_',
-                      activation=block.act._act_type if block.act is not None else None)
-        fc.initialize(ctx=ctx)
-        fc.weight.set_data(block.weight.data().reshape((fc.weight.shape)))
-        if block.bias is not None:
-            fc.bias.set_data(block.bias.data())
-        return CoveringConv(None, dense(fc, fc.prefix), prefix=block.prefix)
+        weight = const(block.weight)
+        return CoveringConv(None, dense(block, block.prefix + 'fc_',
+                                        weight.reshape(weight.shape[0], -1)),
+                            prefix=block.prefix)
     if isinstance(block, SparseLookupDense) and block.has_dictionary and \
             block.weight_dtype == 'float32':
         return initialize_constants(SparseLookupDense(
