@@ -294,7 +294,8 @@ def test_pools_dropout_and_a_single_layer_net():
     # ceil-mode pools stay MaxPool2D; Dropout (identity at inference) is gone.
     assert kinds == [SparseLookupConv2D, LcnnMaxPool, nn.MaxPool2D, nn.Dense]
     assert rel_err(inf(x), ref) < RTOL
-    inf = deploy.to_inference(net, input_shape=x.shape, repeat=2, warmup=1)
+    # fuse=False: the pool choice itself (a fused pool leaves no pool block to look at).
+    inf = deploy.to_inference(net, input_shape=x.shape, repeat=2, warmup=1, fuse=False)
     pool = inf.kernel_choices[net[3].prefix]
     assert pool['choice'] in ('lcnn_pool', 'mkldnn') and pool['input_shape'] == (1, 3, 17, 16)
     assert type(inf[1]) is (LcnnMaxPool if pool['choice'] == 'lcnn_pool' else nn.MaxPool2D)

@@ -41,9 +41,9 @@ struct Epilogue {
 void finish_rows(const float* sums, int64_t wph, int64_t y0, int64_t y1, int64_t wo,
                  const Epilogue& ep, float* out);
 
-// A whole channel (ho rows), activated in place in `sums`, then max pooled into `out`
-// (pho, pwo) with MXNet's 'valid' convention; padding never wins. `row_buf` holds wo floats.
-void finish_pooled(float* sums, int64_t wph, int64_t ho, int64_t wo, const Epilogue& ep,
+// A whole channel (ho rows): out (pho, pwo) = max pool of act(sums + bias) with MXNet's
+// 'valid' convention; padding never wins. `row_buf` holds wo floats.
+void finish_pooled(const float* sums, int64_t wph, int64_t ho, int64_t wo, const Epilogue& ep,
                    int64_t pho, int64_t pwo, float* row_buf, float* out);
 
 }  // namespace lcnn
