@@ -261,3 +261,32 @@ def test_dense_covering_conv_becomes_a_float16_fully_connected_layer():
     assert isinstance(half, CoveringConv) and isinstance(half.fc, LcnnDense) and half.fc.relu
     np.testing.assert_allclose(half(x).asnumpy(), conv(x).asnumpy(), rtol=1e-2, atol=1e-2)
     assert deploy._half_form(conv, (2, 4, 5, 5), mx.cpu()) is None  # does not cover 5x5
+
+
+def test_empty_batch_and_features_under_numpy_shapes():
+    pk = pack_lookup(np.eye(5, 6, dtype=np.float32))
+    ops = [_nd(a) for a in (pk.indptr, pk.dict_index, pk.value)]
+    with mx.util.np_shape(True):
+        b = mx.nd.ones((5,))
+        w = mx.nd.ones((5, 4), dtype='float16')
+        out = mx.nd.lcnn_dense(mx.nd.ones((0, 4)), w, b, num_hidden=5, weight_dtype='float16')
+        assert out.shape == (0, 5)
+        out = mx.nd.lcnn_dense(mx.nd.ones((2, 0)), mx.nd.ones((5, 0), dtype='float16'), b,
+                               num_hidden=5, weight_dtype='float16')
+        np.testing.assert_array_equal(out.asnumpy(), np.ones((2, 5)))  # no inputs: the bias
+        fused = dict(num_hidden=5, dictionary_size=6, with_dictionary=True, pixels=2,
+                     weight_dtype='float16')
+        out = mx.nd.lcnn_sparse_dense(mx.nd.ones((0, 8)), mx.nd.ones((3, 4), dtype='float16'),
+                                      *ops, b, **fused)
+        assert out.shape == (0, 5)
+        out = mx.nd.lcnn_sparse_dense(mx.nd.ones((2, 0)), mx.nd.ones((3, 0), dtype='float16'),
+                                      *ops, b, **fused)
+        np.testing.assert_array_equal(out.asnumpy(), np.ones((2, 5)))
+
+
+@pytest.mark.parametrize('batch', [1, 2])
+def test_fused_relu_keeps_nan(batch):
+    x = mx.nd.array(np.full((batch, 2), np.nan, np.float32))
+    out = mx.nd.lcnn_dense(x, mx.nd.ones((3, 2), dtype='float16'), num_hidden=3, relu=True,
+                           no_bias=True, weight_dtype='float16')
+    assert np.isnan(out.asnumpy()).all()
