@@ -214,3 +214,15 @@ def test_cli_flops_json(tmp_path, capsys):
     assert data['totals']['speedup'] > 1 and len(data['rows']) == 4
     assert main(['flops', '--model', 'lenet', '--density', 'published']) == 1
     assert 'no such densities' in capsys.readouterr().err
+
+
+def test_float16_dense_block_counts_like_dense():
+    # to_inference(weight_dtype='float16') leaves LcnnDense blocks: same MACs as nn.Dense.
+    from gluon_lcnn.nn.sparse import LcnnDense
+    w = np.random.RandomState(0).randn(10, 20).astype('float32')
+    dense = mx.gluon.nn.Dense(10, in_units=20)
+    dense.initialize()
+    half = LcnnDense(w, np.zeros(10, 'float32'))
+    for shape in ((3, 20), (3, 4, 5)):
+        assert (flops.profile(half, shape).totals['macs']
+                == flops.profile(dense, shape).totals['macs'] == 3 * 200)

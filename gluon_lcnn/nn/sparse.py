@@ -525,6 +525,12 @@ class LcnnDense(HybridBlock):
     flatten = property(lambda self: self._flatten)
     weight_dtype = property(lambda self: self._weight_dtype)
 
+    def lcnn_macs(self, in_shape, out_shape):
+        """What ``flops.profile`` counts: units * in_units per row, as for ``nn.Dense``."""
+        rows = int(in_shape[0]) if self._flatten else int(np.prod(out_shape[:-1]))
+        macs = self._units * self._in_units * rows
+        return dict(kind='dense', dense_macs=macs, macs=macs)
+
     def hybrid_forward(self, F, x, weight, bias=None):
         x2 = F.flatten(x) if self._flatten else F.reshape(x, shape=(-1, self._in_units))
         args = [x2, weight] + ([bias] if bias is not None else [])
