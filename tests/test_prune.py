@@ -4,38 +4,13 @@ import numpy as np
 import pytest
 from mxnet.gluon import nn
 
-import gluon_lcnn
 from gluon_lcnn import flops
 from gluon_lcnn.compress.prune import (GradualPruner, PruningSchedule, magnitude_prune,
                                        masks_from_zeros, prunable_layers, prune_sparsities,
                                        sparsity_report)
 from gluon_lcnn.deploy import to_inference
+from trained_nets import MNIST, alexnet_thumb as _alexnet_thumb, lenet as _lenet
 from gluon_lcnn.nn.sparse import CoveringConv, SparseLookupConv2D, SparseLookupDense
-
-MNIST = (2, 1, 28, 28)
-
-
-def _trained_like(net, shape, seed=0):
-    """Initialize, run once, and give every BatchNorm random statistics (as after training)."""
-    mx.random.seed(seed)
-    rng = np.random.RandomState(seed)
-    net.initialize(mx.init.Xavier())
-    net(mx.nd.zeros(shape))
-    for name, p in net.collect_params().items():
-        if name.endswith(('running_var', 'gamma')):
-            p.set_data(mx.nd.array(rng.uniform(0.5, 2.0, p.shape)))
-        elif name.endswith(('running_mean', 'beta')):
-            p.set_data(mx.nd.array(rng.normal(0, 0.2, p.shape)))
-    return net
-
-
-def _lenet():
-    return _trained_like(gluon_lcnn.get_model('lenet'), MNIST)
-
-
-def _alexnet_thumb():
-    return _trained_like(gluon_lcnn.get_model('alexnet', thumbnail=True, input_size=28,
-                                              in_channels=1, classes=10, fc_units=256), MNIST)
 
 
 def _predict(net, x):
