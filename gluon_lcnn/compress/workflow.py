@@ -296,6 +296,52 @@ def _write_report(out, report):
         f.write('\n'.join(text))
 
 
+def _convert_and_finetune(args, hvd, ctx, log, train_data, val_data, spec, acc):
+    """Steps 2-3 for lcnn / lowrank / prune: (fine-tuned net, history); fills ``acc`` and
+    ``spec`` (written to OUT/compress.json on rank 0, before and after the fine-tune)."""
+    rank = hvd.rank()
+    input_shape = (1,) + tuple(args.data_shape)
+    spec_path = os.path.join(args.out, SPEC_FILE)
+    plan = None
+    if args.resume and os.path.isfile(spec_path):
+        earlier = json.load(open(spec_path))
+        if (earlier['method'], earlier['dense_sha256']) != (args.method, spec['dense_sha256']):
+            raise ValueError('--resume: %s is a %s run of another dense checkpoint; use a '
+                             'new --out' % (spec_path, earlier['method']))
+        plan = earlier['plan']
+    net, plan = convert(build_dense(args, ctx), args.method, args.target_speedup,
+                        input_shape, plan)
+    net(mx.nd.zeros(input_shape, ctx=ctx))
+    if args.method == 'prune':
+        from .prune import magnitude_prune
+        one_shot = build_dense(args, ctx)
+        magnitude_prune(one_shot, plan['sparsities'])
+        acc['converted'] = _accuracy(one_shot, val_data, ctx, hvd, args)
+    else:
+        acc['converted'] = _accuracy(net, val_data, ctx, hvd, args)
+    log.info('compress %s: converted top-1 %.4f' % (args.method, acc['converted']))
+    spec['plan'] = plan
+    if rank == 0:
+        ckpt.write_json_atomic(spec_path, spec)
+    from ..nn.lookup import choose_forms
+    choose_forms(net, args.batch_size)
+    if not args.no_hybridize:
+        net.hybridize(static_alloc=True)
+    steps = (len(train_data) // args.grad_accumulation) * args.num_epochs
+    callbacks = _callbacks(args.method, net, plan, args, steps, log)
+    history = fit(net, args, hvd, ctx, train_data, val_data, log=log, callbacks=callbacks,
+                  meta=dict(compress=dict(method=args.method, plan=plan)))
+    for cb in callbacks:   # the final support (thresholds) belongs to the compressed net
+        if hasattr(cb, 'thresholds'):
+            plan = dict(plan, thresholds=cb.thresholds())
+    spec['plan'] = plan
+    acc['finetuned'] = history[-1]['val_top1'] if history else acc['converted']
+    if rank == 0:
+        net.save_parameters(os.path.join(args.out, 'compressed.params'))
+        ckpt.write_json_atomic(spec_path, spec)
+    return net, history
+
+
 def run(args):
     """The compress command (all ranks under horovodrun); returns the report dict on rank 0."""
     tic = time.time()
@@ -320,51 +366,15 @@ def run(args):
     spec = dict(method=args.method, target_speedup=args.target_speedup, model=args.model,
                 dense_sha256=dense_sha, plan=None, args=_jsonable(vars(args)))
     if args.method == 'int8':
-        net, plan = _quantize(dense, train_data, args, ctx), {}
-        spec['plan'] = plan
+        net, spec['plan'] = _quantize(dense, train_data, args, ctx), {}
         acc['converted'] = _accuracy(net, val_data, ctx, hvd, args)
         history = []
         if rank == 0:   # a quantized graph: symbol + params, for SymbolBlock.imports
             net.export(os.path.join(args.out, 'int8'))
             ckpt.write_json_atomic(spec_path, spec)
     else:
-        plan = None
-        if args.resume and os.path.isfile(spec_path):
-            earlier = json.load(open(spec_path))
-            if (earlier['method'], earlier['dense_sha256']) != (args.method, dense_sha):
-                raise ValueError('--resume: %s is a %s run of another dense checkpoint; use a '
-                                 'new --out' % (spec_path, earlier['method']))
-            plan = earlier['plan']
-        net, plan = convert(build_dense(args, ctx), args.method, args.target_speedup,
-                            input_shape, plan)
-        net(mx.nd.zeros(input_shape, ctx=ctx))
-        if args.method == 'prune':
-            from .prune import magnitude_prune
-            one_shot = build_dense(args, ctx)
-            magnitude_prune(one_shot, plan['sparsities'])
-            acc['converted'] = _accuracy(one_shot, val_data, ctx, hvd, args)
-        else:
-            acc['converted'] = _accuracy(net, val_data, ctx, hvd, args)
-        log.info('compress %s: converted top-1 %.4f' % (args.method, acc['converted']))
-        spec['plan'] = plan
-        if rank == 0:
-            ckpt.write_json_atomic(spec_path, spec)
-        from ..nn.lookup import choose_forms
-        choose_forms(net, args.batch_size)
-        if not args.no_hybridize:
-            net.hybridize(static_alloc=True)
-        steps = (len(train_data) // args.grad_accumulation) * args.num_epochs
-        callbacks = _callbacks(args.method, net, plan, args, steps, log)
-        history = fit(net, args, hvd, ctx, train_data, val_data, log=log, callbacks=callbacks,
-                      meta=dict(compress=dict(method=args.method, plan=plan)))
-        for cb in callbacks:   # the final support (thresholds) belongs to the compressed net
-            if hasattr(cb, 'thresholds'):
-                plan = dict(plan, thresholds=cb.thresholds())
-        spec['plan'] = plan
-        acc['finetuned'] = history[-1]['val_top1'] if history else acc['converted']
-        if rank == 0:
-            net.save_parameters(os.path.join(args.out, 'compressed.params'))
-            ckpt.write_json_atomic(spec_path, spec)
+        net, history = _convert_and_finetune(args, hvd, ctx, log, train_data, val_data, spec,
+                                             acc)
     if rank != 0:
         return None
     if args.method == 'int8':
