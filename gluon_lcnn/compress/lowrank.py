@@ -36,12 +36,11 @@ from collections import OrderedDict
 
 import mxnet as mx
 import numpy as np
-from mxnet.gluon import Block, HybridBlock, nn
-from mxnet.gluon.block import _BlockScope
+from mxnet.gluon import Block, nn
 from mxnet.gluon.parameter import Parameter, ParameterDict
 
 from ..convert import _walk, replace_child
-from ..deploy import _is_plain_sequence
+from ..deploy import _is_plain_sequence, _shell
 from ..flops import probe_forward, profile
 
 __all__ = ['lowrank_ranks', 'lowrank_plan', 'to_lowrank', 'decomposable_layers']
@@ -209,17 +208,7 @@ def _copy_param(param):
 def _copy_block(block, params):
     """A copy of ``block`` with its own parameters (``params``: id(old) -> new, shared ones
     copied once) and no cached graph; hybridize it again if needed."""
-    new = copy.copy(block)
-    new._children = OrderedDict()
-    new._forward_hooks = OrderedDict()
-    new._forward_pre_hooks = OrderedDict()
-    new._scope = _BlockScope(new)
-    if isinstance(block, HybridBlock):
-        new._cached_graph = ()
-        new._cached_op = None
-        new._cached_op_args = []
-        new._active = False
-        new._flags = []
+    new = _shell(block)   # no children, hooks or cached graph; parameters replaced below
 
     def fresh(p):
         if id(p) not in params:
