@@ -8,7 +8,8 @@
 Reads the idx files of /usr/share/datasets/fashion-mnist (``--data-root``), takes every flag of
 train_imagenet.py (warm-up, sparsity, checkpoints, --resume, --test-only, --benchmark ...) with
 Fashion-MNIST defaults, builds models for 1x28x28 input (``--model-arg`` overrides that) and
-ends with the accuracy on the full 10k test set as ``test accuracy: 0.xxxx``.
+ends with the accuracy on the full 10k test set as ``test accuracy: 0.xxxx`` (with ``--holdout N``:
+on the last N training images, as ``held-out accuracy: 0.xxxx``; the test set is not read).
 """
 import argparse
 import os

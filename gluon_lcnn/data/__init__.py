@@ -4,7 +4,7 @@ Every training pipeline is an iterable of ``(data, label, num_valid)`` batches w
 batches per epoch and ``set_epoch(epoch)``, so one training loop serves all of them.
 """
 from .fashion_mnist import (FashionMNIST, FASHION_MNIST_ROOT, load_fashion_mnist,
-                            FashionMNISTBatches)
+                            fashion_mnist_slice, FashionMNISTBatches)
 from .recordio import RecordBatches, SyntheticBatches, count_records
 
 _PACK = ('pack_folder', 'pack_arrays', 'pack_fashion_mnist', 'list_images', 'read_record')

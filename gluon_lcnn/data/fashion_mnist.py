@@ -47,6 +47,48 @@ def load_fashion_mnist(train=True, root=FASHION_MNIST_ROOT, normalize=True):
     return x, ds._label.astype(np.int32)
 
 
+def fashion_mnist_slice(part, root=FASHION_MNIST_ROOT, holdout=0, limit=0, per_class=0,
+                        subset_seed=0):
+    """Images and labels of one slice of Fashion-MNIST, normalised as ``load_fashion_mnist``.
+
+    ``part`` is 'test' (the 10k test images), 'heldout' (the last ``holdout`` training images)
+    or 'train': the training images before those, then the first ``limit`` of them (0: all),
+    then ``per_class`` images of each class drawn with ``subset_seed`` (0: all), kept in their
+    original order.
+    """
+    if part not in ('train', 'heldout', 'test'):
+        raise ValueError("fashion_mnist_slice: part must be 'train', 'heldout' or 'test', got %r"
+                         % (part,))
+    for name, value in (('holdout', holdout), ('limit', limit), ('per_class', per_class)):
+        if value < 0:
+            raise ValueError('fashion_mnist_slice: %s must be >= 0, got %r' % (name, value))
+    if part == 'test':
+        return load_fashion_mnist(train=False, root=root)
+    images, labels = load_fashion_mnist(train=True, root=root)
+    if holdout >= len(labels):
+        raise ValueError('fashion_mnist_slice: holdout %d leaves no training images (there are '
+                         '%d)' % (holdout, len(labels)))
+    if part == 'heldout':
+        if not holdout:
+            raise ValueError("fashion_mnist_slice: 'heldout' needs holdout > 0")
+        return images[len(labels) - holdout:], labels[len(labels) - holdout:]
+    images, labels = images[:len(labels) - holdout], labels[:len(labels) - holdout]
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    if per_class:
+        rng = np.random.RandomState(subset_seed)
+        keep = []
+        for c in range(len(CLASSES)):
+            members = np.flatnonzero(labels == c)
+            if len(members) < per_class:
+                raise ValueError('fashion_mnist_slice: class %d has %d training images, fewer '
+                                 'than per_class=%d' % (c, len(members), per_class))
+            keep.append(rng.choice(members, per_class, replace=False))
+        keep = np.sort(np.concatenate(keep))
+        images, labels = images[keep], labels[keep]
+    return images, labels
+
+
 class FashionMNISTBatches:
     """Batches of one worker's share of Fashion-MNIST, as ``(data, label, num_valid)``.
 
@@ -70,19 +112,35 @@ class FashionMNISTBatches:
         Use only the first ``limit`` images (0: all); for quick runs.
     mirror : bool
         Random horizontal flips (training only).
+    holdout : int
+        Keep the last ``holdout`` training images out of training, for choosing
+        hyper-parameters without touching the test set.
+    heldout : bool
+        With ``train=False``: evaluate on those held-out training images instead of the test
+        split (needs ``holdout``).
+    per_class : int
+        Training: only ``per_class`` images of each class (few-shot), drawn with
+        ``subset_seed`` from the training images left after ``holdout`` and ``limit``.
+    repeats : int
+        Training: one epoch passes over the images ``repeats`` times (each pass its own
+        shuffle), so that tiny few-shot sets still give a useful number of updates per epoch.
     """
 
     def __init__(self, root=FASHION_MNIST_ROOT, train=True, batch_size=128, num_parts=1,
-                 part_index=0, seed=0, limit=0, mirror=False, ctx=None, dtype='float32'):
+                 part_index=0, seed=0, limit=0, mirror=False, ctx=None, dtype='float32',
+                 holdout=0, heldout=False, per_class=0, subset_seed=0, repeats=1):
         import mxnet as mx
         if batch_size < 1:
             raise ValueError('FashionMNISTBatches: batch_size must be >= 1, got %r' % batch_size)
         if not 0 <= part_index < num_parts:
             raise ValueError('FashionMNISTBatches: part_index %r not in [0, num_parts=%r)'
                              % (part_index, num_parts))
-        images, labels = load_fashion_mnist(train=train, root=root)
-        if limit:
-            images, labels = images[:limit], labels[:limit]
+        if repeats < 1:
+            raise ValueError('FashionMNISTBatches: repeats must be >= 1, got %r' % repeats)
+        images, labels = fashion_mnist_slice(
+            'train' if train else ('heldout' if heldout else 'test'), root=root,
+            holdout=holdout, limit=limit, per_class=per_class, subset_seed=subset_seed)
+        self.repeats = int(repeats) if train else 1
         self.train = bool(train)
         self.batch_size = int(batch_size)
         self.num_parts, self.part_index = int(num_parts), int(part_index)
@@ -92,10 +150,11 @@ class FashionMNISTBatches:
         self.epoch = 0
         self._images, self._labels = images, labels
         self.num_examples = len(labels)
-        if self.train and self.num_examples < self.batch_size * self.num_parts:
-            raise ValueError('FashionMNISTBatches: %d training images are fewer than one batch '
-                             'per worker (%d x %d)' % (self.num_examples, self.batch_size,
-                                                       self.num_parts))
+        if self.train and self.num_examples * self.repeats < self.batch_size * self.num_parts:
+            raise ValueError('FashionMNISTBatches: %d training images (x %d repeats) are fewer '
+                             'than one batch per worker (%d x %d)'
+                             % (self.num_examples, self.repeats, self.batch_size,
+                                self.num_parts))
 
     def set_epoch(self, epoch):
         """Choose the shuffle of ``epoch`` (same on every worker)."""
@@ -104,14 +163,15 @@ class FashionMNISTBatches:
     def _indices(self):
         n = self.num_examples
         if self.train:
-            order = np.random.RandomState(self.seed + self.epoch).permutation(n)
+            rng = np.random.RandomState(self.seed + self.epoch)
+            order = np.concatenate([rng.permutation(n) for _ in range(self.repeats)])
             return order[self.part_index::self.num_parts][:len(self) * self.batch_size]
         bounds = np.linspace(0, n, self.num_parts + 1).astype(int)
         return np.arange(bounds[self.part_index], bounds[self.part_index + 1])
 
     def __len__(self):
         if self.train:
-            return self.num_examples // (self.batch_size * self.num_parts)
+            return self.num_examples * self.repeats // (self.batch_size * self.num_parts)
         bounds = np.linspace(0, self.num_examples, self.num_parts + 1).astype(int)
         share = bounds[self.part_index + 1] - bounds[self.part_index]
         return -(-share // self.batch_size)

@@ -17,12 +17,22 @@ def get_data(args, hvd, ctx):
             raise ValueError('Fashion-MNIST is 10 classes of 1x28x28: pass --data-shape 1,28,28 '
                              '--num-classes 10')
         root = dict(root=args.data_root) if args.data_root else {}
+        subset = dict(holdout=args.holdout, **root)
         train = FashionMNISTBatches(train=True, batch_size=args.batch_size, num_parts=size,
                                     part_index=rank, seed=args.seed, limit=args.train_limit,
-                                    mirror=args.augment != 'none', **root)
+                                    mirror=args.augment != 'none', per_class=args.per_class,
+                                    subset_seed=args.subset_seed, repeats=args.epoch_repeats,
+                                    **subset)
+        # With --holdout, "val" is the held-out training slice, never the test set.
         val = FashionMNISTBatches(train=False, batch_size=max(args.batch_size, 256),
-                                  num_parts=size, part_index=rank, **root)
+                                  num_parts=size, part_index=rank, heldout=args.holdout > 0,
+                                  **subset)
         return train, val
+    subset_flags = [f for f, unset in (('holdout', 0), ('per_class', 0), ('epoch_repeats', 1))
+                    if getattr(args, f) != unset]
+    if subset_flags:
+        raise ValueError('%s: only for --dataset fashion-mnist'
+                         % ', '.join('--' + f.replace('_', '-') for f in subset_flags))
     missing = [f for f in ('rec_train', 'rec_train_idx', 'rec_val', 'rec_val_idx')
                if not getattr(args, f)]
     if missing:

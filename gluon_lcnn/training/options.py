@@ -50,6 +50,16 @@ def add_training_arguments(p, model=True):
     p.add_argument('--data-root', default=None, help='Fashion-MNIST folder (idx .gz files)')
     p.add_argument('--train-limit', type=int, default=0,
                    help='Fashion-MNIST: train on the first N images only (0: all)')
+    p.add_argument('--holdout', type=int, default=0,
+                   help='Fashion-MNIST: keep the last N training images out of training and '
+                        'report accuracy on them instead of the test set (for choosing '
+                        'hyper-parameters)')
+    p.add_argument('--per-class', type=int, default=0,
+                   help='Fashion-MNIST: train on N images per class only (few-shot), drawn '
+                        'with --subset-seed')
+    p.add_argument('--subset-seed', type=int, default=0, help='draw of --per-class')
+    p.add_argument('--epoch-repeats', type=int, default=1,
+                   help='Fashion-MNIST: passes over the training images per epoch (few-shot)')
     p.add_argument('--augment', default='imagenet', choices=['imagenet', 'crop', 'none'],
                    help='training augmentation (Fashion-MNIST: anything but none = mirror)')
     p.add_argument('--val-resize', type=int, default=0,
@@ -111,6 +121,11 @@ def check_training_args(p, args):
         p.error('--grad-accumulation must be >= 1')
     if args.test_only and not args.params:
         p.error('--test-only needs --params FILE')
+    for flag in ('holdout', 'per_class', 'train_limit'):
+        if getattr(args, flag, 0) < 0:
+            p.error('--%s must be >= 0, got %d' % (flag.replace('_', '-'), getattr(args, flag)))
+    if getattr(args, 'epoch_repeats', 1) < 1:
+        p.error('--epoch-repeats must be >= 1, got %d' % args.epoch_repeats)
     if args.keep_checkpoints < 1:
         # 0 would delete the checkpoint just written (and a negative count, all of them).
         p.error('--keep-checkpoints must be >= 1 (2 or more keep an earlier epoch to fall '
