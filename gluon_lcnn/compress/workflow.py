@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import mxnet as mx
 import numpy as np
@@ -226,8 +227,11 @@ def load_compressed(out_dir, ctx=None):
     spec = json.load(open(os.path.join(out_dir, SPEC_FILE)))
     ctx = ctx or mx.cpu()
     if spec['method'] == 'int8':
-        return gluon.SymbolBlock.imports(os.path.join(out_dir, 'int8-symbol.json'), ['data'],
-                                         os.path.join(out_dir, 'int8-0000.params'), ctx=ctx)
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='Cannot decide type')  # of 'data'
+            return gluon.SymbolBlock.imports(os.path.join(out_dir, 'int8-symbol.json'),
+                                             ['data'], os.path.join(out_dir, 'int8-0000.params'),
+                                             ctx=ctx)
     args = _spec_args(spec)
     net, _ = convert(build_dense(args, ctx), spec['method'], spec['target_speedup'],
                      (1,) + args.data_shape, spec['plan'])
