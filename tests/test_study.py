@@ -72,6 +72,40 @@ def test_plan_orders_jobs_and_waits_for_what_they_need(tmp_path):
         assert 100 <= repeats * 10 * k // batch <= 120
 
 
+def test_report_names_missing_runs_and_judges_the_epoch_budget(tmp_path):
+    from study import report, runner
+    cfg = plan.family_config('lenet')
+    runs = str(tmp_path)
+    for key, top1 in (('tune/dense', 0.90), ('tune/dense_12ep', 0.912)):
+        os.makedirs(os.path.join(runs, 'lenet', key))
+        with open(os.path.join(runs, 'lenet', key, 'done.json'), 'w') as f:
+            json.dump(dict(top1=top1, variant='dense'), f)
+    broken = os.path.join(runs, 'lenet', 'tune', 'fast_l1_2')
+    os.makedirs(broken)
+    with open(os.path.join(broken, 'job.log'), 'w') as f:
+        f.write('[epoch 1/6] ...\nValueError: lookup density collapsed\n')
+    # A target the method says it cannot reach is a finding, not a missing run.
+    prune = os.path.join(runs, 'lenet', 'compress', 'prune_16x', 'seed0')
+    os.makedirs(prune)
+    with open(os.path.join(prune, 'job.log'), 'w') as f:
+        f.write('gluon-lcnn compress: error: prune_sparsities: target_speedup 16x is not '
+                'reachable; the best is 7.44x\n')
+    assert runner._unreachable_reason(prune).startswith('prune_sparsities: target_speedup 16x')
+    with open(os.path.join(prune, runner.UNREACHABLE), 'w') as f:
+        json.dump(dict(reason=runner._unreachable_reason(prune)), f)
+    results = report.collect(runs, 'lenet')
+    assert report.unreachable_runs('lenet', cfg, runs, results) == [
+        ('compress/prune_16x/seed0', 'prune_sparsities: target_speedup 16x is not reachable; '
+         'the best is 7.44x')]
+    missing = dict(report.missing_runs('lenet', cfg, runs, results))
+    assert 'tune/dense' not in missing and missing['tune/accurate_l1_0.5'] == 'not started'
+    assert missing['tune/fast_l1_2'].endswith('ValueError: lookup density collapsed')
+    assert 'final/fast/seed2' in missing and 'compress/prune_8x/seed0' in missing
+    assert 'compress/prune_16x/seed0' not in missing
+    text = report.convergence_text(results, cfg)
+    assert '90.00% held-out top-1 in 6 epochs and 91.20% in 12' in text and '+1.20' in text
+
+
 def _run(args, timeout=900):
     env = dict(os.environ, OMP_NUM_THREADS='1')
     proc = subprocess.run([sys.executable, RESULTS] + args, cwd=ROOT, env=env,

@@ -25,6 +25,7 @@ one that finished is never run again, so an interrupted study continues where it
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -69,6 +70,10 @@ def measure_family(family, runs_dir, threads, remeasure, log=print):
     return out
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt('signal %d' % signum)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--families', nargs='+', default=list(plan.FAMILIES),
@@ -91,6 +96,9 @@ def main(argv=None):
     if args.quick:
         args.runs_dir = os.path.join(args.runs_dir, 'quick') \
             if args.runs_dir == p.get_default('runs_dir') else args.runs_dir
+    # A plain `kill` (or a job scheduler's stop) must stop the training children too, as
+    # Ctrl-C does, so that a rerun resumes them instead of racing them.
+    signal.signal(signal.SIGTERM, _interrupt)
     failed = {}
     if not args.no_train:
         _, failed = runner.run_all(args.families, args.runs_dir, args.slots, args.quick)

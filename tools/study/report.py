@@ -10,7 +10,7 @@ import os
 from tabulate import tabulate
 
 from . import plan as study_plan
-from .runner import DONE, read_done
+from .runner import DONE, read_done, read_unreachable
 
 METHOD_NAMES = dict(lcnn='LCNN (compress)', lowrank='low-rank', prune='pruning', int8='int8')
 # Accuracy losses (points of top-1 against dense) at which the methods are compared.
@@ -149,6 +149,24 @@ def targets_text(table):
                      '64, 1 thread); target within %g point at >= %gx: **%s**.'
                      % (variant, abs(r['loss']), 'below' if r['loss'] >= 0 else 'above',
                         r['s_b64_1t'], budget, speed, 'met' if ok else 'missed'))
+    best = best_at_loss(table)
+    for budget in LOSS_BUDGETS:
+        ours = best['LCNN (any)'][budget]
+        rivals = {m: per[budget] for m, per in best.items() if m != 'LCNN (any)' and per[budget]}
+        if ours is None:
+            lines.append('- At <= %g point loss no LCNN row qualifies: LCNN is not ahead.'
+                         % budget)
+            continue
+        top = max(rivals.items(), key=lambda kv: kv[1]['s_b64_1t']) if rivals else None
+        if top is None or ours['s_b64_1t'] > top[1]['s_b64_1t']:
+            lines.append('- At <= %g point loss LCNN is ahead: %.2fx (%s)%s.'
+                         % (budget, ours['s_b64_1t'], ours['label'],
+                            '' if top is None else ' against %s %.2fx' % (
+                                top[0], top[1]['s_b64_1t'])))
+        else:
+            lines.append('- At <= %g point loss LCNN is **not** ahead: %.2fx (%s) against %s '
+                         '%.2fx.' % (budget, ours['s_b64_1t'], ours['label'], top[0],
+                                     top[1]['s_b64_1t']))
     return lines
 
 
@@ -301,12 +319,18 @@ def write(families, runs_dir, docs_dir, latency, quick, command, session_seconds
                          '(or `make results`) trains and measures it.' % family, '']
             continue
         table = rows(results, lat)
-        expected = len(_all_jobs(family, cfg, runs_dir, results))
+        unreachable = unreachable_runs(family, cfg, runs_dir, results)
+        expected = len(_all_jobs(family, cfg, runs_dir, results)) - len(unreachable)
         sections += ['%d of %d runs finished; compute %.1f core-hours (each run one thread; '
                      'measuring included).' % (len(results), expected, compute / 3600.0), '']
         if len(results) < expected:
             sections += ['**Incomplete:** the runs not finished yet are missing from the tables; '
                          'rerunning the command continues them.', '']
+            sections += ['- `%s`: %s' % (key, why)
+                         for key, why in missing_runs(family, cfg, runs_dir, results)] + ['']
+        if unreachable:
+            sections += ['Not reachable (the method says so; these runs have no row):', ''] + [
+                '- `%s`: %s' % item for item in unreachable] + ['']
         heads.append(headline(family, cfg, table))
         png = 'results_%s.png' % family
         if table:
@@ -352,9 +376,7 @@ def write(families, runs_dir, docs_dir, latency, quick, command, session_seconds
                          cfg['initial_sparsity'], cfg['holdout']), '',
                      tuning_table(results, cfg), '']
         if cfg['convergence_epochs']:
-            sections += ['The dense run of %d epochs (same recipe, held-out) checks that %d '
-                         'epochs are enough: compare the two dense rows.' % (
-                             cfg['convergence_epochs'], cfg['epochs']), '']
+            sections += [convergence_text(results, cfg), '']
         cost = training_cost(results)
         if cost:
             sections += ['Wall time of one from-scratch run on the test split (one thread, '
@@ -392,6 +414,51 @@ def write(families, runs_dir, docs_dir, latency, quick, command, session_seconds
     with open(path, 'w') as f:
         f.write('\n'.join(lines))
     return path
+
+
+def convergence_text(results, cfg):
+    """Is the epoch budget enough? The dense net's held-out top-1 at ``epochs`` and at the
+    longer ``convergence_epochs`` budget, side by side."""
+    short, long_ = results.get('tune/dense'), results.get(
+        'tune/dense_%dep' % cfg['convergence_epochs'])
+    if not (short and long_):
+        return ('The %d-epoch dense run that checks the %d-epoch budget has not finished.'
+                % (cfg['convergence_epochs'], cfg['epochs']))
+    gain = 100 * (long_['top1'] - short['top1'])
+    return ('Epoch budget: the dense net reaches %.2f%% held-out top-1 in %d epochs and %.2f%% '
+            'in %d (same recipe): %+.2f points for twice the cost. Every row above uses %d '
+            'epochs, so all methods share that budget; read absolute accuracies with it in '
+            'mind.' % (100 * short['top1'], cfg['epochs'], 100 * long_['top1'],
+                       cfg['convergence_epochs'], gain, cfg['epochs']))
+
+
+def missing_runs(family, cfg, runs_dir, results):
+    """[(key, why)] of the expected runs without a result: failed (the last line of its
+    log), interrupted, or not started."""
+    out = []
+    for job in _all_jobs(family, cfg, runs_dir, results):
+        if job.key in results or read_unreachable(job.directory(runs_dir)) is not None:
+            continue
+        log_path = os.path.join(job.directory(runs_dir), 'job.log')
+        if not os.path.isfile(log_path):
+            out.append((job.key, 'not started'))
+            continue
+        with open(log_path, errors='replace') as f:
+            lines = [line.strip() for line in f if line.strip()]
+        errors = [line for line in lines if 'Error' in line or 'error:' in line]
+        out.append((job.key, 'failed or interrupted; its log ends: %s'
+                    % (errors or lines or ['(empty)'])[-1][:200].replace('`', "'")))
+    return out
+
+
+def unreachable_runs(family, cfg, runs_dir, results):
+    """[(key, reason)] of the compress runs whose target the method cannot reach."""
+    found = []
+    for job in _all_jobs(family, cfg, runs_dir, results):
+        reason = read_unreachable(job.directory(runs_dir))
+        if reason is not None and job.key not in results:
+            found.append((job.key, reason))
+    return found
 
 
 def _all_jobs(family, cfg, runs_dir, results):

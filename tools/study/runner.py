@@ -17,12 +17,33 @@ from . import plan as study_plan
 DONE = 'done.json'
 
 
+# A compress target the method cannot reach on this net (the command says so and exits 1):
+# a finding for the report, not a failure to retry.
+UNREACHABLE = 'unreachable.json'
+UNREACHABLE_MARK = 'is not reachable'
+
+
 def read_done(directory):
     path = os.path.join(directory, DONE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def read_unreachable(directory):
+    """The command's explanation if ``directory``'s job found its target unreachable."""
+    path = os.path.join(directory, UNREACHABLE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)['reason']
+
+
+def _unreachable_reason(directory):
+    with open(os.path.join(directory, 'job.log'), errors='replace') as f:
+        lines = [line.strip() for line in f if UNREACHABLE_MARK in line]
+    return lines[-1].split('error: ', 1)[-1] if lines else None
 
 
 def load_trained(directory):
@@ -127,6 +148,8 @@ def _pending(families, configs, runs_dir, results, failed, running):
                 ident = (family, job.key)
                 if job.key in results[family] or ident in failed or ident in running:
                     continue
+                if read_unreachable(job.directory(runs_dir)) is not None:
+                    continue
                 done = read_done(job.directory(runs_dir))
                 if done is not None:
                     results[family][job.key] = done
@@ -162,6 +185,12 @@ def _loop(families, configs, runs_dir, slots, results, failed, running, env, log
             attempts = _attempt_wall(directory) + [round(wall, 1)]
             with open(os.path.join(directory, 'attempts.json'), 'w') as f:
                 json.dump(attempts, f)
+            reason = _unreachable_reason(directory) if job.kind == 'compress' else None
+            if proc.returncode != 0 and reason:
+                with open(os.path.join(directory, UNREACHABLE), 'w') as f:
+                    json.dump(dict(reason=reason, key=job.key), f)
+                log('[study] not reachable %s/%s: %s' % (job.family, job.key, reason))
+                continue
             if proc.returncode != 0:
                 failed[ident] = 'exit %d (see %s)' % (proc.returncode,
                                                       os.path.join(directory, 'job.log'))
