@@ -118,6 +118,14 @@ def _attempt_wall(directory):
     return []
 
 
+def _record_attempt(directory, wall):
+    """Add one attempt's wall time to the job's attempts.json; returns them all."""
+    attempts = _attempt_wall(directory) + [round(wall, 1)]
+    with open(os.path.join(directory, 'attempts.json'), 'w') as f:
+        json.dump(attempts, f)
+    return attempts
+
+
 def run_all(families, runs_dir, slots=2, quick=False, log=print):
     """Run every job of ``families`` to completion; returns ({family: {key: result}},
     failures). A failed job is reported and not retried in this call; the rest go on."""
@@ -130,11 +138,12 @@ def run_all(families, runs_dir, slots=2, quick=False, log=print):
     finally:
         # Interrupted: stop the children too, so a rerun does not race them (it resumes
         # them from their last checkpoint instead).
-        for job, proc, logf, _ in running.values():
+        for job, proc, logf, start in running.values():
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait()
             logf.close()
+            _record_attempt(job.directory(runs_dir), time.time() - start)
     return results, failed
 
 
@@ -182,9 +191,7 @@ def _loop(families, configs, runs_dir, slots, results, failed, running, env, log
             del running[ident]
             directory = job.directory(runs_dir)
             wall = time.time() - start
-            attempts = _attempt_wall(directory) + [round(wall, 1)]
-            with open(os.path.join(directory, 'attempts.json'), 'w') as f:
-                json.dump(attempts, f)
+            attempts = _record_attempt(directory, wall)
             reason = _unreachable_reason(directory) if job.kind == 'compress' else None
             if proc.returncode != 0 and reason:
                 with open(os.path.join(directory, UNREACHABLE), 'w') as f:
