@@ -197,3 +197,37 @@ def test_set_lookup_density_forms_and_errors():
         set_lookup_density(net, 'vgg16_lcnn_fast')
     with pytest.raises(ValueError, match=r'\[0, 1\]'):
         set_lookup_density(net, 1.5)
+
+
+def test_feature_batch_norm_is_batch_norm_of_2d_features():
+    """FeatureBatchNorm (the BN after AlexNet's and VGG's fc7) computes what nn.BatchNorm does
+    on (N, C), in training and inference, with the same parameter names and shapes."""
+    from mxnet.gluon import nn
+    from gluon_lcnn.model_zoo.common import FeatureBatchNorm
+    x = mx.nd.random.normal(shape=(8, 24))
+    ours, ref = FeatureBatchNorm(), nn.BatchNorm()
+    assert ours.prefix.startswith('batchnorm')
+    for bn in (ours, ref):
+        bn.initialize()
+        bn(x)
+        for p in bn.collect_params().values():
+            p.set_data(mx.nd.random.uniform(0.5, 1.5, shape=p.shape, ctx=p.list_ctx()[0]))
+    for p, q in zip(ours.collect_params().values(), ref.collect_params().values()):
+        q.set_data(p.data())
+    np.testing.assert_allclose(ours(x).asnumpy(), ref(x).asnumpy(), rtol=1e-5, atol=1e-5)
+    with mx.autograd.record():
+        a, b = ours(x), ref(x)
+    np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-4, atol=1e-4)
+    assert a.shape == (8, 24)
+
+
+@pytest.mark.parametrize('name', ['alexnet', 'alexnet_lcnn_fast', 'vgg16'])
+def test_fc6_then_fc7_batch_norm_runs_at_224(name):
+    # fc6 (a conv with a 1x1 output) and fc7 (Dense) have BatchNorms of the same width: a plain
+    # nn.BatchNorm after fc7 crashes MXNet 1.9's MKLDNN on AVX-512 CPUs.
+    net = gluon_lcnn.get_model(name)
+    net.initialize()
+    with mx.autograd.record():
+        y = net(mx.nd.ones((2, 3, 224, 224)))
+    assert y.shape == (2, 1000) and np.isfinite(y.asnumpy()).all()
+    assert np.isfinite(net(mx.nd.ones((1, 3, 224, 224))).asnumpy()).all()

@@ -11,7 +11,8 @@ the 9216-wide flattened one. ``thumbnail=True`` swaps conv1 for 5x5/s1/p2 for 28
 from mxnet.gluon import nn
 from mxnet.gluon.nn import HybridBlock
 
-from .common import conv2d, conv_bn_relu, dense, sizes_tuple, split_lookup_kwargs
+from .common import (FeatureBatchNorm, conv2d, conv_bn_relu, dense, sizes_tuple,
+                     split_lookup_kwargs)
 
 __all__ = ['AlexNet', 'alexnet', 'alexnet_lcnn', 'alexnet_lcnn_fast', 'alexnet_lcnn_accurate',
            'ALEXNET_PRESETS']
@@ -81,7 +82,7 @@ class AlexNet(HybridBlock):
                 conv_bn_relu(c, fc_units, fc6_kernel, 1, 0, d[5], lookup_kwargs=lk)
                 c.add(nn.Dropout(dropout), nn.Flatten())
                 c.add(dense(fc_units, d[6], use_bias=False, lookup_kwargs=lk))
-                c.add(nn.BatchNorm(), nn.Activation('relu'), nn.Dropout(dropout))
+                c.add(FeatureBatchNorm(), nn.Activation('relu'), nn.Dropout(dropout))
             self.output = nn.Dense(classes)
 
     def hybrid_forward(self, F, x):

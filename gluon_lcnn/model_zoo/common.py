@@ -13,7 +13,8 @@ from mxnet.gluon import nn
 
 from ..nn.lookup import LookupConv2D, LookupDense, lookup_layers
 
-__all__ = ['conv2d', 'dense', 'conv_bn_relu', 'split_lookup_kwargs', 'sizes_tuple',
+__all__ = ['conv2d', 'dense', 'conv_bn_relu', 'FeatureBatchNorm', 'split_lookup_kwargs',
+           'sizes_tuple',
            'set_lookup_density', 'PUBLISHED_DENSITIES',
            'ASSUMED_DENSITIES']
 
@@ -85,6 +86,26 @@ def dense(units, dictionary_size=None, use_bias=True, in_units=0, activation=Non
                         **kwargs)
     return LookupDense(units, dictionary_size=dictionary_size, in_units=in_units,
                        use_bias=use_bias, activation=activation, **(lookup_kwargs or {}), **kwargs)
+
+
+class FeatureBatchNorm(nn.BatchNorm):
+    """``nn.BatchNorm`` of (N, C) features (after a Dense layer), run on their (N, C, 1, 1) view.
+
+    MXNet 1.9's MKLDNN BatchNorm runs a 2-D input as (N, C, 1, 1) but looks its primitive up
+    under a key that does not tell the two apart: after a BatchNorm of a real (N, C, 1, 1)
+    tensor in a blocked layout (AlexNet's fc6, a convolution with a 1x1 output) a BatchNorm of
+    (N, C) features of the same width (fc7) reuses that primitive, and on AVX-512 CPUs the
+    process dies with a segmentation fault. The explicit 4-D view gets a primitive of its own.
+    Same parameters, same names and same folding by ``deploy.to_inference`` as ``nn.BatchNorm``.
+    """
+
+    def _alias(self):
+        return 'batchnorm'
+
+    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+        y = super().hybrid_forward(F, F.reshape(x, (0, 0, 1, 1)), gamma, beta, running_mean,
+                                   running_var)
+        return F.Flatten(y)
 
 
 def conv_bn_relu(seq, channels, kernel_size, strides=1, padding=0, dictionary_size=None,

@@ -8,7 +8,8 @@ k x k convolution over the last 512-channel map (k = 7 at 224), so its dictionar
 from mxnet.gluon import nn
 from mxnet.gluon.nn import HybridBlock
 
-from .common import conv2d, conv_bn_relu, dense, sizes_tuple, split_lookup_kwargs
+from .common import (FeatureBatchNorm, conv2d, conv_bn_relu, dense, sizes_tuple,
+                     split_lookup_kwargs)
 
 __all__ = ['VGG16', 'vgg16', 'vgg16_lcnn', 'VGG16_DEFAULT_SIZES']
 
@@ -67,7 +68,7 @@ class VGG16(HybridBlock):
                 conv_bn_relu(self.classifier, fc_units, fc6_kernel, 1, 0, d[5], lookup_kwargs=lk)
                 self.classifier.add(nn.Dropout(dropout), nn.Flatten())
                 self.classifier.add(dense(fc_units, d[6], use_bias=False, lookup_kwargs=lk))
-                self.classifier.add(nn.BatchNorm(), nn.Activation('relu'), nn.Dropout(dropout))
+                self.classifier.add(FeatureBatchNorm(), nn.Activation('relu'), nn.Dropout(dropout))
             self.output = nn.Dense(classes)
 
     def hybrid_forward(self, F, x):
