@@ -203,21 +203,23 @@ def compress_jobs(family, cfg, runs_dir):
         base += ['--model-arg', item]
     if cfg['train_limit']:
         base += ['--train-limit', str(cfg['train_limit'])]
-    jobs = []
-    for method in c['methods']:
-        for target in c['targets']:
-            seeds = c['lcnn_seeds'] if method == 'lcnn' else 1
-            for seed in range(seeds):
+    key = 'compress/int8'
+    jobs = [Job(family, key, base + ['--method', 'int8', '--target-speedup', '2', '--out',
+                                     os.path.join(runs_dir, family, key)],
+                'compress', dict(method='int8', target=None, seed=0))]
+    # Seed-major: every method and target once before the LCNN rows' extra seeds, so a study
+    # cut short still has one point of every curve.
+    for seed in range(c['lcnn_seeds']):
+        for method in c['methods']:
+            if method != 'lcnn' and seed > 0:
+                continue
+            for target in c['targets']:
                 key = 'compress/%s_%gx/seed%d' % (method, target, seed)
                 out = os.path.join(runs_dir, family, key)
                 jobs.append(Job(family, key, base + [
                     '--method', method, '--target-speedup', str(target), '--out', out,
                     '--seed', str(seed)], 'compress',
                     dict(method=method, target=target, seed=seed)))
-    key = 'compress/int8'
-    jobs.append(Job(family, key, base + ['--method', 'int8', '--target-speedup', '2', '--out',
-                                         os.path.join(runs_dir, family, key)],
-                    'compress', dict(method='int8', target=None, seed=0)))
     return jobs
 
 
@@ -257,15 +259,16 @@ def chosen_l1(family, cfg, runs_dir, results):
 
 def jobs(family, cfg, runs_dir, results):
     """Every job of ``family`` that can run given ``results`` ({key: result of a done job}),
-    in priority order: tuning, the dense net compress starts from, from-scratch LCNN,
-    compress, the other dense seeds, few-shot, the convergence check."""
+    in priority order: tuning, the dense net compress starts from, from-scratch LCNN, the
+    other dense seeds (every comparison needs the dense row's spread), compress, few-shot,
+    the convergence check."""
     choice = chosen_l1(family, cfg, runs_dir, results)
     chosen = {v: l1 for v, (l1, _) in choice.items()} if choice else {}
     finals = final_jobs(family, cfg, runs_dir, chosen)
-    out = tune_jobs(family, cfg, runs_dir) + finals[:1] + finals[cfg['seeds']:]
+    out = tune_jobs(family, cfg, runs_dir) + finals[:1] + finals[cfg['seeds']:] + \
+        finals[1:cfg['seeds']]
     if 'final/dense/seed0' in results:
         out += compress_jobs(family, cfg, runs_dir)
-    out += finals[1:cfg['seeds']]
     if chosen:
         out += fewshot_jobs(family, cfg, runs_dir, chosen)
     return out + convergence_jobs(family, cfg, runs_dir)
