@@ -36,8 +36,10 @@ FAMILIES = {
                       lcnn_seeds=3),
         fewshot=dict(shots=[1, 5, 10, 50], draws=3, epochs=4, updates_per_epoch=100,
                      batch_size=32)),
-    # The cheapest zoo net whose dense forward pass costs >= 3 ms at batch 1 on one thread
-    # here (33 M MACs): ResNet-18 with its ImageNet stem, so 28x28 becomes 7x7 at stage 1.
+    # The cheapest zoo net whose dense forward pass cost >= 3 ms at batch 1 on one thread of
+    # the AVX2 machine it was chosen on (33 M MACs; an AVX-512 core runs it in under 1 ms:
+    # RESULTS.md prints the measured time): ResNet-18 with its ImageNet stem, so 28x28
+    # becomes 7x7 at stage 1.
     # The 3x3 thumbnail stem would cost 456 M MACs, AlexNet at 28x28 151 M.
     'resnet18': dict(
         title='ResNet-18 v1 (ImageNet stem, 28x28 input)',
