@@ -44,10 +44,7 @@ def measure_family(family, runs_dir, threads, remeasure, log=print):
     exists and covers every finished model is kept unless ``remeasure``."""
     from study.measure import models
     family_dir = os.path.join(runs_dir, family)
-    results = {}
-    for dirpath, _, files in os.walk(family_dir):
-        if runner.DONE in files:
-            results[os.path.relpath(dirpath, family_dir)] = runner.read_done(dirpath)
+    results = runner.finished(family_dir)
     if 'final/dense/seed0' not in results:
         log('[study] %s: no trained dense net yet, nothing to measure' % family)
         return {}

@@ -73,11 +73,8 @@ def measure(family_dir, keys, batches=(1, 64), repeat=20, rounds=3, image_shape=
 
 def main(argv=None):
     family_dir, out_path = (argv or sys.argv[1:])[:2]
-    from study.runner import read_done
-    results = {}
-    for dirpath, _, files in os.walk(family_dir):
-        if 'done.json' in files:
-            results[os.path.relpath(dirpath, family_dir)] = read_done(dirpath)
+    from study.runner import finished
+    results = finished(family_dir)
     if DENSE not in results:
         raise SystemExit('measure: %s has no finished %s' % (family_dir, DENSE))
     out = measure(family_dir, models(family_dir, results))

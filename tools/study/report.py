@@ -10,7 +10,7 @@ import os
 from tabulate import tabulate
 
 from . import plan as study_plan
-from .runner import DONE, read_done, read_unreachable
+from .runner import finished, read_unreachable
 
 METHOD_NAMES = dict(lcnn='LCNN (compress)', lowrank='low-rank', prune='pruning', int8='int8')
 # Accuracy losses (points of top-1 against dense) at which the methods are compared.
@@ -19,12 +19,7 @@ LOSS_BUDGETS = (0.5, 1.0, 2.0)
 
 def collect(runs_dir, family):
     """{key: result} of every finished job of ``family``."""
-    family_dir = os.path.join(runs_dir, family)
-    out = {}
-    for dirpath, _, files in os.walk(family_dir):
-        if DONE in files:
-            out[os.path.relpath(dirpath, family_dir)] = read_done(dirpath)
-    return out
+    return finished(os.path.join(runs_dir, family))
 
 
 def mean_std(values):

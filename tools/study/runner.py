@@ -31,6 +31,15 @@ def read_done(directory):
         return json.load(f)
 
 
+def finished(family_dir):
+    """{key: result} of every job under ``family_dir`` that wrote its done.json."""
+    out = {}
+    for dirpath, _, files in os.walk(family_dir):
+        if DONE in files:
+            out[os.path.relpath(dirpath, family_dir)] = read_done(dirpath)
+    return out
+
+
 def read_unreachable(directory):
     """The command's explanation if ``directory``'s job found its target unreachable."""
     path = os.path.join(directory, UNREACHABLE)
